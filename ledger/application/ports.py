@@ -1,0 +1,78 @@
+"""Ports: what the application needs from storage, as Protocols.
+
+Each port has a real adapter and an in-memory fake (``ledger.adapters.memory``); one
+contract suite in ``tests/contract`` runs against both, so they cannot drift apart.
+The ports are synchronous: the node runs storage I/O on its single commit thread, so
+the event loop keeps deciding the next batch while one is being made durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from ledger.application.records import EventRecord
+
+__all__ = ["EventLog", "EventStore", "Snapshot"]
+
+
+class EventLog(Protocol):
+    """The write-ahead log of one book: append-only, checksummed, hash-chained.
+
+    ``append_batch`` writes every record and makes them durable with one ``fdatasync``
+    before it returns; records must continue the chain (position ``last_position + 1``,
+    ``prev_hash == last_hash``). An fsync failure is fatal and is never retried.
+    """
+
+    @property
+    def last_position(self) -> int: ...
+
+    @property
+    def last_hash(self) -> bytes: ...
+
+    def append_batch(self, records: Sequence[EventRecord]) -> None: ...
+
+    def read(self, from_position: int = 1, to_position: int | None = None) -> Iterator[EventRecord]:
+        """Records in position order, each verified (checksum, continuity, chain)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Snapshot(Protocol):
+    stream_id: str
+    stream_version: int
+    position: int
+    data: dict[str, Any]
+
+
+class EventStore(Protocol):
+    """The PostgreSQL event store of one book (``book_id``), written by its lease holder."""
+
+    @property
+    def book_id(self) -> str: ...
+
+    def acquire_lease(self, holder: str) -> int:
+        """Take the book's writer lease, incrementing its epoch; return the new epoch."""
+        ...
+
+    def append_batch(self, records: Sequence[EventRecord], epoch: int) -> None:
+        """Insert the records in one transaction, after checking ``epoch`` is current.
+
+        Raises ``LeaseLost`` if another writer took the lease, ``EventStoreUnavailable``
+        when the database cannot be reached (retriable), ``DuplicateEvent`` if a record's
+        position or event id is already stored with different content.
+        """
+        ...
+
+    def head(self) -> tuple[int, bytes]:
+        """(highest position, its hash); (0, GENESIS_HASH) when empty."""
+        ...
+
+    def read_positions(
+        self, from_position: int, to_position: int | None = None
+    ) -> Iterator[EventRecord]: ...
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> list[EventRecord]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,197 @@
+"""The event envelope shared by the WAL and the event store, and its hash chain.
+
+An :class:`EventRecord` is one domain event as it is stored: the writer assigns its gap-free
+``position`` and links it to the record before it with ``hash = sha256(prev_hash ||
+canonical_bytes)``. The canonical bytes are the envelope without ``hash``, serialised as
+JSON with sorted keys (orjson), so the WAL, PostgreSQL and an auditor's replay all compute
+the same digest. Any edit, deletion or reordering of a record breaks the chain from that
+record on. The first record of a book chains from :data:`GENESIS_HASH` (32 zero bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+__all__ = [
+    "GENESIS_HASH",
+    "ChainBroken",
+    "EventRecord",
+    "PendingRecord",
+    "canonical_bytes",
+    "chain_records",
+    "compute_hash",
+    "record_from_dict",
+    "verify_chain",
+]
+
+GENESIS_HASH = bytes(32)
+_SORT = orjson.OPT_SORT_KEYS
+
+
+class ChainBroken(ValueError):
+    """A record does not follow its predecessor (position or hash); says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One stored event. ``data`` is JSON-compatible (ints, strings, lists, dicts)."""
+
+    position: int
+    event_id: UUID
+    stream_id: str
+    stream_version: int
+    type: str
+    schema_version: int
+    recorded_at_us: int
+    data: Mapping[str, Any]
+    prev_hash: bytes
+    hash: bytes
+
+    def canonical(self) -> bytes:
+        return canonical_bytes(
+            self.position,
+            self.event_id,
+            self.stream_id,
+            self.stream_version,
+            self.type,
+            self.schema_version,
+            self.recorded_at_us,
+            self.data,
+            self.prev_hash,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (hashes in hex), as printed by ``ledger wal dump``."""
+        return {
+            "position": self.position,
+            "event_id": str(self.event_id),
+            "stream_id": self.stream_id,
+            "stream_version": self.stream_version,
+            "type": self.type,
+            "schema_version": self.schema_version,
+            "recorded_at_us": self.recorded_at_us,
+            "data": self.data,
+            "prev_hash": self.prev_hash.hex(),
+            "hash": self.hash.hex(),
+        }
+
+
+def record_from_dict(d: Mapping[str, Any]) -> EventRecord:
+    """Inverse of :meth:`EventRecord.to_dict`."""
+    return EventRecord(
+        position=int(d["position"]),
+        event_id=UUID(str(d["event_id"])),
+        stream_id=str(d["stream_id"]),
+        stream_version=int(d["stream_version"]),
+        type=str(d["type"]),
+        schema_version=int(d["schema_version"]),
+        recorded_at_us=int(d["recorded_at_us"]),
+        data=d["data"],
+        prev_hash=bytes.fromhex(d["prev_hash"]),
+        hash=bytes.fromhex(d["hash"]),
+    )
+
+
+def canonical_bytes(
+    position: int,
+    event_id: UUID,
+    stream_id: str,
+    stream_version: int,
+    type_: str,
+    schema_version: int,
+    recorded_at_us: int,
+    data: Mapping[str, Any],
+    prev_hash: bytes,
+) -> bytes:
+    """The bytes that are hashed: every envelope field except ``hash``, keys sorted."""
+    return orjson.dumps(
+        {
+            "data": data,
+            "event_id": str(event_id),
+            "position": position,
+            "prev_hash": prev_hash.hex(),
+            "recorded_at_us": recorded_at_us,
+            "schema_version": schema_version,
+            "stream_id": stream_id,
+            "stream_version": stream_version,
+            "type": type_,
+        },
+        option=_SORT,
+    )
+
+
+def compute_hash(prev_hash: bytes, canonical: bytes) -> bytes:
+    return hashlib.sha256(prev_hash + canonical).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecord:
+    """An event before the writer has placed it: everything but position and hashes."""
+
+    event_id: UUID
+    stream_id: str
+    stream_version: int
+    type: str
+    schema_version: int
+    recorded_at_us: int
+    data: Mapping[str, Any]
+
+
+def chain_records(
+    pending: Iterable[PendingRecord], first_position: int, prev_hash: bytes
+) -> list[EventRecord]:
+    """Assign consecutive positions from ``first_position`` and link the hash chain."""
+    out: list[EventRecord] = []
+    position = first_position
+    for p in pending:
+        canon = canonical_bytes(
+            position,
+            p.event_id,
+            p.stream_id,
+            p.stream_version,
+            p.type,
+            p.schema_version,
+            p.recorded_at_us,
+            p.data,
+            prev_hash,
+        )
+        digest = compute_hash(prev_hash, canon)
+        out.append(
+            EventRecord(
+                position,
+                p.event_id,
+                p.stream_id,
+                p.stream_version,
+                p.type,
+                p.schema_version,
+                p.recorded_at_us,
+                p.data,
+                prev_hash,
+                digest,
+            )
+        )
+        prev_hash = digest
+        position += 1
+    return out
+
+
+def verify_chain(
+    records: Iterable[EventRecord], expected_position: int, prev_hash: bytes
+) -> Iterator[EventRecord]:
+    """Yield each record after checking position continuity, ``prev_hash`` and ``hash``."""
+    for r in records:
+        if r.position != expected_position:
+            raise ChainBroken(f"position {r.position} follows {expected_position - 1}")
+        if r.prev_hash != prev_hash:
+            raise ChainBroken(f"position {r.position}: prev_hash does not match predecessor")
+        if compute_hash(prev_hash, r.canonical()) != r.hash:
+            raise ChainBroken(f"position {r.position}: hash does not match content")
+        yield r
+        prev_hash = r.hash
+        expected_position += 1
