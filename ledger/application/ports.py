@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
+from uuid import UUID
 
 from ledger.application.records import EventRecord
 
-__all__ = ["EventLog", "EventStore", "Snapshot"]
+__all__ = ["EventLog", "EventStore", "SnapshotLike"]
 
 
 class EventLog(Protocol):
@@ -39,11 +40,17 @@ class EventLog(Protocol):
     def close(self) -> None: ...
 
 
-class Snapshot(Protocol):
-    stream_id: str
-    stream_version: int
-    position: int
-    data: dict[str, Any]
+class SnapshotLike(Protocol):
+    """A snapshot row to save: ``ledger.adapters.postgres.SnapshotRow`` satisfies it."""
+
+    @property
+    def stream_id(self) -> str: ...
+
+    @property
+    def stream_version(self) -> int: ...
+
+    @property
+    def data(self) -> dict[str, Any]: ...
 
 
 class EventStore(Protocol):
@@ -52,16 +59,29 @@ class EventStore(Protocol):
     @property
     def book_id(self) -> str: ...
 
-    def acquire_lease(self, holder: str) -> int:
-        """Take the book's writer lease, incrementing its epoch; return the new epoch."""
+    def acquire_lease(self, holder: str | None = None) -> int:
+        """Take the book's writer lease, incrementing its epoch; return the new epoch.
+
+        Raises ``LeaseHeld`` while another live node holds it.
+        """
         ...
 
-    def append_batch(self, records: Sequence[EventRecord], epoch: int) -> None:
-        """Insert the records in one transaction, after checking ``epoch`` is current.
+    def reassert_lease(self, epoch: int) -> None:
+        """After a lost connection, confirm the lease is still ours (else ``LeaseLost``)."""
+        ...
 
-        Raises ``LeaseLost`` if another writer took the lease, ``EventStoreUnavailable``
-        when the database cannot be reached (retriable), ``DuplicateEvent`` if a record's
-        position or event id is already stored with different content.
+    def append_batch(
+        self,
+        records: Sequence[EventRecord],
+        epoch: int,
+        snapshots: Sequence[SnapshotLike] = (),
+        watermark: int | None = None,
+    ) -> None:
+        """Insert the records (and snapshots at ``watermark``) in one transaction.
+
+        Checks ``epoch`` is current in the same transaction. Raises ``LeaseLost`` if another
+        writer took the lease, ``EventStoreUnavailable`` when the database cannot be reached
+        (retriable), ``DuplicateEvent`` if a position or event id is already stored.
         """
         ...
 
@@ -74,5 +94,19 @@ class EventStore(Protocol):
     ) -> Iterator[EventRecord]: ...
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[EventRecord]: ...
+
+    def read_streams(self, stream_ids: Sequence[str]) -> dict[str, list[EventRecord]]: ...
+
+    def load_snapshots(self, stream_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+
+    def load_snapshots_where(
+        self, stream_prefix: str, key: str, value: str
+    ) -> list[dict[str, Any]]: ...
+
+    def watermark(self) -> int:
+        """Position up to which the saved snapshots describe the state (0: none)."""
+        ...
+
+    def event_ids_exist(self, event_ids: Sequence[UUID]) -> set[UUID]: ...
 
     def close(self) -> None: ...

@@ -1,0 +1,458 @@
+"""PostgreSQL event store of one book (psycopg 3, tables from ``ledger.adapters.tables``).
+
+Why inserts are serialised: the book's single writer (the node holding the lease) assigns
+gap-free positions and inserts one batch per transaction, strictly one after another, so
+the order of positions is the order of commits. A reader that has seen position ``p``
+therefore never sees a smaller position appear later (no "commit-order gap"), and a relay
+can tail the table by position without holes filling in behind it.
+
+The writer lease has two parts. A session-level advisory lock, held on a dedicated
+connection for as long as the node lives, stops a second node from starting while the
+first is alive (it fails with :class:`LeaseHeld`). The ``writer_leases`` row carries an
+epoch, incremented by every takeover; each batch transaction first reads the row ``FOR
+SHARE`` and checks the epoch, so a deposed writer (whose lock was lost, e.g. after a
+network partition) can never commit, and a takeover waits for an in-flight batch to finish.
+
+Batches go in with binary ``COPY``; account and pending-transfer snapshots, with the
+book's snapshot watermark, are upserted in the same transaction as the batch they belong
+to, so the snapshots always describe the state at exactly the watermark position.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb, set_json_dumps
+
+from ledger.application.errors import (
+    DuplicateEvent,
+    EventStoreUnavailable,
+    LeaseHeld,
+    LeaseLost,
+)
+from ledger.application.ports import SnapshotLike
+from ledger.application.records import GENESIS_HASH, EventRecord
+from ledger.devservices import normalise_pg_url
+
+__all__ = ["WATERMARK_STREAM", "PostgresEventStore", "SnapshotRow"]
+
+WATERMARK_STREAM = "$watermark"
+READ_CHUNK_ROWS = 5000
+T = TypeVar("T")
+
+_COLUMNS = (
+    "book_id, position, event_id, stream_id, stream_version, type, "
+    "schema_version, data, recorded_at_us, prev_hash, hash"
+)
+_COPY_TYPES = [
+    "varchar",
+    "int8",
+    "uuid",
+    "varchar",
+    "int8",
+    "varchar",
+    "int4",
+    "jsonb",
+    "int8",
+    "bytea",
+    "bytea",
+]
+
+
+def _orjson_dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    """The state of one account or pending transfer as of the batch it is saved with."""
+
+    stream_id: str
+    stream_version: int
+    data: dict[str, Any]
+
+
+def _dsn(url: str) -> str:
+    return normalise_pg_url(url).replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _lock_key(book_id: str) -> int:
+    return zlib.crc32(f"eventledger:{book_id}".encode()) - (1 << 31)
+
+
+def _row_to_record(row: Sequence[Any]) -> EventRecord:
+    return EventRecord(
+        position=row[0],
+        event_id=row[1],
+        stream_id=row[2],
+        stream_version=row[3],
+        type=row[4],
+        schema_version=row[5],
+        recorded_at_us=row[7],
+        data=row[6],
+        prev_hash=bytes(row[8]),
+        hash=bytes(row[9]),
+    )
+
+
+_SELECT = (
+    "SELECT position, event_id, stream_id, stream_version, type, schema_version, data, "
+    "recorded_at_us, prev_hash, hash FROM events"
+)
+
+
+class PostgresEventStore:
+    """The event store of ``book_id`` in the database at ``url``.
+
+    Two connections: ``write`` (batches, used by the node's commit thread) and ``read``
+    (lazy loads and scans, used by one other thread at a time); each has its own lock.
+    A third connection holds the advisory lock once :meth:`acquire_lease` succeeds.
+    """
+
+    def __init__(self, url: str, book_id: str, *, connect_timeout_s: int = 5) -> None:
+        self._dsn = _dsn(url)
+        self._book_id = book_id
+        self._connect_timeout_s = connect_timeout_s
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._write_conn: psycopg.Connection[Any] | None = None
+        self._read_conn: psycopg.Connection[Any] | None = None
+        self._lease_conn: psycopg.Connection[Any] | None = None
+        self._holder: str | None = None
+        self.epoch: int | None = None
+
+    @property
+    def book_id(self) -> str:
+        return self._book_id
+
+    # -- connections -------------------------------------------------------------------
+
+    def _connect(self, autocommit: bool = False) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(
+                self._dsn, autocommit=autocommit, connect_timeout=self._connect_timeout_s
+            )
+        except psycopg.OperationalError as exc:
+            raise EventStoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        set_json_dumps(_orjson_dumps, conn)
+        return conn
+
+    def _with_conn(self, which: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        lock = self._write_lock if which == "write" else self._read_lock
+        with lock:
+            conn = self._write_conn if which == "write" else self._read_conn
+            if conn is None or conn.closed:
+                conn = self._connect()
+                if which == "write":
+                    self._write_conn = conn
+                else:
+                    self._read_conn = conn
+            try:
+                return fn(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                # A broken connection: drop it so the next call reconnects.
+                try:
+                    conn.close()
+                finally:
+                    if which == "write":
+                        self._write_conn = None
+                    else:
+                        self._read_conn = None
+                raise EventStoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+
+    def close(self) -> None:
+        for conn in (self._write_conn, self._read_conn, self._lease_conn):
+            if conn is not None and not conn.closed:
+                conn.close()
+        self._write_conn = self._read_conn = self._lease_conn = None
+
+    # -- lease -------------------------------------------------------------------------
+
+    def acquire_lease(self, holder: str | None = None) -> int:
+        """Take the book's writer lease (advisory lock + epoch increment); return the epoch.
+
+        Raises :class:`LeaseHeld` naming the current holder when another live node has it.
+        """
+        holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        if self._lease_conn is not None and not self._lease_conn.closed:
+            self._lease_conn.close()
+        conn = self._connect(autocommit=True)
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(%s)", (_lock_key(self._book_id),)
+        ).fetchone()
+        if not row or not row[0]:
+            current = conn.execute(
+                "SELECT holder, epoch, acquired_at FROM writer_leases WHERE book_id = %s",
+                (self._book_id,),
+            ).fetchone()
+            conn.close()
+            who = (
+                f"{current[0]} (epoch {current[1]}, since {current[2]:%Y-%m-%d %H:%M:%S}Z)"
+                if current
+                else "another node"
+            )
+            raise LeaseHeld(
+                f"book {self._book_id!r} is already being written by {who}; "
+                "only one node may write a book"
+            )
+        epoch_row = conn.execute(
+            "INSERT INTO writer_leases (book_id, epoch, holder) VALUES (%s, 1, %s) "
+            "ON CONFLICT (book_id) DO UPDATE SET epoch = writer_leases.epoch + 1, "
+            "holder = EXCLUDED.holder, acquired_at = now() RETURNING epoch",
+            (self._book_id, holder),
+        ).fetchone()
+        assert epoch_row is not None
+        self._lease_conn = conn
+        self._holder = holder
+        self.epoch = int(epoch_row[0])
+        return self.epoch
+
+    def reassert_lease(self, epoch: int) -> None:
+        """After a lost connection: retake the advisory lock if the epoch is still ours.
+
+        Raises :class:`LeaseLost` if another writer took over meanwhile, and
+        :class:`EventStoreUnavailable` while the database cannot be reached.
+        """
+        if self._lease_conn is not None and not self._lease_conn.closed:
+            try:
+                self._lease_conn.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                self._lease_conn.close()
+        conn = self._connect(autocommit=True)
+        try:
+            got = conn.execute(
+                "SELECT pg_try_advisory_lock(%s)", (_lock_key(self._book_id),)
+            ).fetchone()
+            row = conn.execute(
+                "SELECT epoch FROM writer_leases WHERE book_id = %s", (self._book_id,)
+            ).fetchone()
+        except psycopg.OperationalError as exc:
+            conn.close()
+            raise EventStoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+        if not got or not got[0] or row is None or int(row[0]) != epoch:
+            conn.close()
+            raise LeaseLost(
+                f"book {self._book_id!r}: lease epoch {epoch} was taken over "
+                f"(current epoch {row[0] if row else 'none'})"
+            )
+        self._lease_conn = conn
+
+    # -- writes ------------------------------------------------------------------------
+
+    def append_batch(
+        self,
+        records: Sequence[EventRecord],
+        epoch: int,
+        snapshots: Sequence[SnapshotLike] = (),
+        watermark: int | None = None,
+    ) -> None:
+        """Insert ``records`` (and snapshots up to ``watermark``) in one transaction."""
+        if not records and not snapshots:
+            return
+
+        def run(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                self._check_epoch(conn, epoch)
+                if records:
+                    self._copy_records(conn, records)
+                if snapshots or watermark is not None:
+                    self._upsert_snapshots(conn, snapshots, watermark)
+
+        try:
+            self._with_conn("write", run)
+        except psycopg.errors.UniqueViolation as exc:
+            raise DuplicateEvent(
+                f"book {self._book_id!r}: batch at positions {records[0].position}.."
+                f"{records[-1].position} conflicts with stored events: {exc.diag.message_detail}"
+            ) from exc
+
+    def _check_epoch(self, conn: psycopg.Connection[Any], epoch: int) -> None:
+        row = conn.execute(
+            "SELECT epoch FROM writer_leases WHERE book_id = %s FOR SHARE", (self._book_id,)
+        ).fetchone()
+        if row is None or int(row[0]) != epoch:
+            raise LeaseLost(
+                f"book {self._book_id!r}: this writer has epoch {epoch}, "
+                f"the lease is at epoch {row[0] if row else 'none'}"
+            )
+
+    def _copy_records(self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]) -> None:
+        book = self._book_id
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(_COPY_TYPES)
+            for r in records:
+                copy.write_row(
+                    (
+                        book,
+                        r.position,
+                        r.event_id,
+                        r.stream_id,
+                        r.stream_version,
+                        r.type,
+                        r.schema_version,
+                        Jsonb(r.data),
+                        r.recorded_at_us,
+                        r.prev_hash,
+                        r.hash,
+                    )
+                )
+
+    def _upsert_snapshots(
+        self,
+        conn: psycopg.Connection[Any],
+        snapshots: Sequence[SnapshotLike],
+        watermark: int | None,
+    ) -> None:
+        rows = [(s.stream_id, s.stream_version, Jsonb(s.data)) for s in snapshots]
+        if watermark is not None:
+            rows.append((WATERMARK_STREAM, watermark, Jsonb({})))
+        position = watermark if watermark is not None else 0
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO snapshots (book_id, stream_id, stream_version, position, data) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (book_id, stream_id) DO UPDATE SET "
+                "stream_version = EXCLUDED.stream_version, position = EXCLUDED.position, "
+                "data = EXCLUDED.data, taken_at = now()",
+                [(self._book_id, sid, ver, position, data) for sid, ver, data in rows],
+            )
+
+    # -- reads -------------------------------------------------------------------------
+
+    def head(self) -> tuple[int, bytes]:
+        def run(conn: psycopg.Connection[Any]) -> tuple[int, bytes]:
+            row = conn.execute(
+                "SELECT position, hash FROM events WHERE book_id = %s "
+                "ORDER BY position DESC LIMIT 1",
+                (self._book_id,),
+            ).fetchone()
+            conn.rollback()
+            return (0, GENESIS_HASH) if row is None else (int(row[0]), bytes(row[1]))
+
+        return self._with_conn("read", run)
+
+    def read_positions(
+        self, from_position: int, to_position: int | None = None
+    ) -> Iterator[EventRecord]:
+        """Records with ``from_position <= position <= to_position``, in order, in chunks."""
+        upper = to_position if to_position is not None else (1 << 62)
+        cursor = from_position
+        while cursor <= upper:
+
+            def run(conn: psycopg.Connection[Any], lo: int = cursor) -> list[EventRecord]:
+                rows = conn.execute(
+                    _SELECT + " WHERE book_id = %s AND position >= %s AND position <= %s "
+                    "ORDER BY position LIMIT %s",
+                    (self._book_id, lo, upper, READ_CHUNK_ROWS),
+                ).fetchall()
+                conn.rollback()
+                return [_row_to_record(r) for r in rows]
+
+            chunk = self._with_conn("read", run)
+            yield from chunk
+            if len(chunk) < READ_CHUNK_ROWS:
+                return
+            cursor = chunk[-1].position + 1
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> list[EventRecord]:
+        def run(conn: psycopg.Connection[Any]) -> list[EventRecord]:
+            rows = conn.execute(
+                _SELECT + " WHERE book_id = %s AND stream_id = %s AND stream_version > %s "
+                "ORDER BY stream_version",
+                (self._book_id, stream_id, after_version),
+            ).fetchall()
+            conn.rollback()
+            return [_row_to_record(r) for r in rows]
+
+        return self._with_conn("read", run)
+
+    def read_streams(self, stream_ids: Sequence[str]) -> dict[str, list[EventRecord]]:
+        """Every event of each stream in ``stream_ids`` (missing streams are absent)."""
+        if not stream_ids:
+            return {}
+
+        def run(conn: psycopg.Connection[Any]) -> dict[str, list[EventRecord]]:
+            rows = conn.execute(
+                _SELECT + " WHERE book_id = %s AND stream_id = ANY(%s) "
+                "ORDER BY stream_id, stream_version",
+                (self._book_id, list(stream_ids)),
+            ).fetchall()
+            conn.rollback()
+            out: dict[str, list[EventRecord]] = {}
+            for r in rows:
+                out.setdefault(r[2], []).append(_row_to_record(r))
+            return out
+
+        return self._with_conn("read", run)
+
+    def load_snapshots(self, stream_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not stream_ids:
+            return {}
+
+        def run(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT stream_id, data FROM snapshots WHERE book_id = %s AND stream_id = ANY(%s)",
+                (self._book_id, list(stream_ids)),
+            ).fetchall()
+            conn.rollback()
+            return {r[0]: r[1] for r in rows}
+
+        return self._with_conn("read", run)
+
+    def load_snapshots_where(
+        self, stream_prefix: str, key: str, value: str
+    ) -> list[dict[str, Any]]:
+        """Snapshots whose stream starts with ``stream_prefix`` and ``data[key] == value``."""
+
+        def run(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT data FROM snapshots WHERE book_id = %s AND stream_id LIKE %s "
+                    "AND data ->> {} = %s"
+                ).format(sql.Literal(key)),
+                (self._book_id, stream_prefix + "%", value),
+            ).fetchall()
+            conn.rollback()
+            return [r[0] for r in rows]
+
+        return self._with_conn("read", run)
+
+    def watermark(self) -> int:
+        """Position up to which the snapshots describe the state (0: no snapshots yet)."""
+
+        def run(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(
+                "SELECT position FROM snapshots WHERE book_id = %s AND stream_id = %s",
+                (self._book_id, WATERMARK_STREAM),
+            ).fetchone()
+            conn.rollback()
+            return 0 if row is None else int(row[0])
+
+        return self._with_conn("read", run)
+
+    def event_ids_exist(self, event_ids: Sequence[UUID]) -> set[UUID]:
+        def run(conn: psycopg.Connection[Any]) -> set[UUID]:
+            rows = conn.execute(
+                "SELECT event_id FROM events WHERE event_id = ANY(%s)", (list(event_ids),)
+            ).fetchall()
+            conn.rollback()
+            return {r[0] for r in rows}
+
+        return self._with_conn("read", run)

@@ -1,0 +1,189 @@
+"""One contract, two adapters: the PostgreSQL event store and its in-memory fake."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from ledger.adapters.memory import MemoryDatabase, MemoryEventStore
+from ledger.adapters.postgres import PostgresEventStore, SnapshotRow
+from ledger.application.errors import DuplicateEvent, LeaseHeld, LeaseLost
+from ledger.application.ports import EventStore
+from ledger.application.records import (
+    GENESIS_HASH,
+    EventRecord,
+    PendingRecord,
+    chain_records,
+)
+
+
+def make_records(
+    n: int, first: int = 1, prev: bytes = GENESIS_HASH, stream: str | None = None
+) -> list[EventRecord]:
+    pending = [
+        PendingRecord(
+            event_id=uuid.uuid4(),
+            stream_id=stream or f"transfer-{uuid.uuid4()}",
+            stream_version=1 if stream is None else first + i,
+            type="TransferCreated",
+            schema_version=1,
+            recorded_at_us=1_700_000_000_000_000 + i,
+            data={"amount_minor": i + 1, "note": "x" * 10},
+        )
+        for i in range(n)
+    ]
+    return chain_records(pending, first, prev)
+
+
+class EventStoreContract:
+    """Behaviour every EventStore adapter must have (not collected itself)."""
+
+    def make_store(self) -> EventStore:
+        raise NotImplementedError
+
+    def make_peer(self, store: EventStore) -> EventStore:
+        """A second store on the same database and book (another node)."""
+        raise NotImplementedError
+
+    def release(self, store: EventStore) -> None:
+        store.close()
+
+    def test_empty_store_has_genesis_head(self) -> None:
+        store = self.make_store()
+        assert store.head() == (0, GENESIS_HASH)
+        assert list(store.read_positions(1)) == []
+
+    def test_appends_and_reads_back_in_position_order(self) -> None:
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        batch1 = make_records(3)
+        batch2 = make_records(2, first=4, prev=batch1[-1].hash)
+        store.append_batch(batch1, epoch)
+        store.append_batch(batch2, epoch)
+        assert store.head() == (5, batch2[-1].hash)
+        got = list(store.read_positions(1))
+        assert [r.position for r in got] == [1, 2, 3, 4, 5]
+        assert got == batch1 + batch2
+        assert [r.position for r in store.read_positions(2, 4)] == [2, 3, 4]
+
+    def test_reads_a_stream_by_version(self) -> None:
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        records = make_records(3, stream="account-1")
+        store.append_batch(records, epoch)
+        assert [r.stream_version for r in store.read_stream("account-1")] == [1, 2, 3]
+        assert [r.stream_version for r in store.read_stream("account-1", after_version=2)] == [3]
+        both = store.read_streams(["account-1", "nope"])
+        assert list(both) == ["account-1"] and len(both["account-1"]) == 3
+
+    def test_second_writer_is_refused_while_first_lives(self) -> None:
+        store = self.make_store()
+        store.acquire_lease("first")
+        peer = self.make_peer(store)
+        with pytest.raises(LeaseHeld, match="already being written"):
+            peer.acquire_lease("second")
+
+    def test_deposed_writer_cannot_commit(self) -> None:
+        store = self.make_store()
+        old_epoch = store.acquire_lease("first")
+        self.release(store)
+        peer = self.make_peer(store)
+        new_epoch = peer.acquire_lease("second")
+        assert new_epoch == old_epoch + 1
+        with pytest.raises(LeaseLost):
+            store.append_batch(make_records(1), old_epoch)
+        assert peer.head() == (0, GENESIS_HASH)
+
+    def test_duplicate_event_id_rejects_the_whole_batch(self) -> None:
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        first = make_records(2)
+        store.append_batch(first, epoch)
+        again = make_records(3, first=3, prev=first[-1].hash)
+        clash = EventRecord(
+            again[1].position,
+            first[0].event_id,
+            again[1].stream_id,
+            1,
+            again[1].type,
+            1,
+            again[1].recorded_at_us,
+            again[1].data,
+            again[1].prev_hash,
+            again[1].hash,
+        )
+        with pytest.raises(DuplicateEvent):
+            store.append_batch([again[0], clash, again[2]], epoch)
+        assert store.head() == (2, first[-1].hash)
+
+    def test_duplicate_position_is_refused(self) -> None:
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        store.append_batch(make_records(2), epoch)
+        with pytest.raises(DuplicateEvent):
+            store.append_batch(make_records(1, first=2), epoch)
+
+    def test_snapshots_and_watermark_round_trip(self) -> None:
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        records = make_records(4)
+        snaps = [
+            SnapshotRow("account-a", 1, {"id": "a", "debits_posted": 5}),
+            SnapshotRow("transfer-t", 1, {"id": "t", "status": "pending"}),
+        ]
+        assert store.watermark() == 0
+        store.append_batch(records, epoch, snaps, 4)
+        assert store.watermark() == 4
+        got = store.load_snapshots(["account-a", "account-zzz"])
+        assert got == {"account-a": {"id": "a", "debits_posted": 5}}
+        pend = store.load_snapshots_where("transfer-", "status", "pending")
+        assert pend == [{"id": "t", "status": "pending"}]
+        newer = [SnapshotRow("transfer-t", 2, {"id": "t", "status": "posted"})]
+        store.append_batch([], epoch, newer, 4)
+        assert store.load_snapshots_where("transfer-", "status", "pending") == []
+
+    def test_reports_which_event_ids_exist(self) -> None:
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        records = make_records(2)
+        store.append_batch(records, epoch)
+        unknown = uuid.uuid4()
+        assert store.event_ids_exist([records[0].event_id, unknown]) == {records[0].event_id}
+
+
+class TestMemoryEventStore(EventStoreContract):
+    def make_store(self) -> EventStore:
+        return MemoryEventStore(f"book-{uuid.uuid4().hex[:6]}")
+
+    def make_peer(self, store: EventStore) -> EventStore:
+        assert isinstance(store, MemoryEventStore)
+        return MemoryEventStore(store.book_id, store.db)
+
+
+class TestPostgresEventStore(EventStoreContract):
+    @pytest.fixture(autouse=True)
+    def _database(self, database_url: str) -> Iterator[None]:
+        self.url = database_url
+        self.opened: list[PostgresEventStore] = []
+        yield
+        for store in self.opened:
+            store.close()
+
+    def make_store(self) -> EventStore:
+        store = PostgresEventStore(self.url, f"book-{uuid.uuid4().hex[:6]}")
+        self.opened.append(store)
+        return store
+
+    def make_peer(self, store: EventStore) -> EventStore:
+        peer = PostgresEventStore(self.url, store.book_id)
+        self.opened.append(peer)
+        return peer
+
+
+def test_memory_database_is_shared_between_peers() -> None:
+    db = MemoryDatabase()
+    a = MemoryEventStore("b", db)
+    a.append_batch(make_records(1), a.acquire_lease("x"))
+    assert MemoryEventStore("b", db).head()[0] == 1
