@@ -53,6 +53,48 @@ def _cmd_wal_dump(args: argparse.Namespace) -> int:
     return int(dump_command(args))
 
 
+def _database_url(args: argparse.Namespace, command: str) -> str | None:
+    from ledger.config import get_settings
+
+    url: str | None = getattr(args, "database_url", None) or get_settings().database_url
+    if not url:
+        print(
+            f"ledger {command}: no database: set LEDGER_DATABASE_URL or --database-url",
+            file=sys.stderr,
+        )
+    return url
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from ledger.api.auth import KeyStore
+
+    url = _database_url(args, "keys")
+    if not url:
+        return EXIT_USAGE
+    keys = KeyStore(url)
+    try:
+        if args.keys_command == "create":
+            try:
+                key, token = keys.create(args.name, args.scope)
+            except ValueError as exc:
+                print(f"ledger keys create: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            print(f"created key {key.key_id} ({key.scope}) for {key.name!r}")
+            print(f"token (shown once, store it now): {token}")
+        elif args.keys_command == "list":
+            for k in keys.list():
+                state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+                print(f"{k.key_id}\t{k.scope}\t{state}\t{k.created_at:%Y-%m-%d %H:%M}\t{k.name}")
+        else:
+            if not keys.revoke(args.key_id):
+                print(f"ledger keys revoke: no active key {args.key_id!r}", file=sys.stderr)
+                return EXIT_FINDING
+            print(f"revoked {args.key_id}")
+    finally:
+        keys.close()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ledger", description="eventledger: event-sourced ledger")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -79,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="to_position", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_wal_dump)
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True, metavar="KEYS_COMMAND"
+    )
+    p = keys.add_parser("create", help="create a key and print its token once")
+    p.add_argument("--name", required=True)
+    p.add_argument("--scope", required=True, choices=["read", "write", "admin"])
+    p.add_argument("--database-url", default=None)
+    p.set_defaults(handler=_cmd_keys)
+    p = keys.add_parser("list", help="list keys (never secrets)")
+    p.add_argument("--database-url", default=None)
+    p.set_defaults(handler=_cmd_keys)
+    p = keys.add_parser("revoke", help="revoke a key by id")
+    p.add_argument("key_id")
+    p.add_argument("--database-url", default=None)
+    p.set_defaults(handler=_cmd_keys)
     return parser
 
 

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 __all__ = [
+    "api_keys",
     "events",
     "idempotency_keys",
     "metadata",
@@ -117,6 +118,17 @@ projection_checkpoints = Table(
     Column("position", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("projection", "book_id"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("secret_sha256", LargeBinary(32), nullable=False),
+    Column("scopes", String(100), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
 
 Index("ix_events_committed_at", events.c.book_id, events.c.committed_at)

@@ -114,3 +114,19 @@ def test_events_table_refuses_rewrites(database_url: str, statement: str) -> Non
         conn.rollback()
         row = conn.execute("SELECT count(*), min(type) FROM events").fetchone()
     assert row == (1, "T")
+
+
+def test_migrations_match_the_code_tables(empty_database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from ledger.adapters.tables import metadata
+
+    upgrade(empty_database_url)
+    engine = create_engine(empty_database_url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
