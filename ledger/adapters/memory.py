@@ -7,6 +7,59 @@ that use them exercise the same behaviour as production code.
 from __future__ import annotations
 
 # --- MemoryEventLog (fake of ledger.application.ports.EventLog) ---
+# ruff: noqa: E402  (each fake's section keeps its own imports next to its code)
+from collections.abc import Iterator as _LogIterator
+from collections.abc import Sequence as _LogSequence
+
+from ledger.application.records import GENESIS_HASH as _LOG_GENESIS_HASH
+from ledger.application.records import EventRecord as _LogRecord
+from ledger.application.records import verify_chain as _verify_chain
+
+
+class MemoryEventLog:
+    """In-memory fake of :class:`ledger.adapters.wal.FileWal`: the same contract, no files.
+
+    ``append_batch`` checks that the whole batch continues the chain before keeping any of
+    it (``ChainBroken`` otherwise); ``read`` checks the chain again on the way out, as the
+    file WAL does after reading from disk. After ``close`` both raise ``ValueError``.
+    """
+
+    def __init__(self) -> None:
+        self._records: list[_LogRecord] = []
+        self._closed = False
+
+    @property
+    def last_position(self) -> int:
+        return len(self._records)
+
+    @property
+    def last_hash(self) -> bytes:
+        return self._records[-1].hash if self._records else _LOG_GENESIS_HASH
+
+    def append_batch(self, records: _LogSequence[_LogRecord]) -> None:
+        self._check_open()
+        checked = list(_verify_chain(records, self.last_position + 1, self.last_hash))
+        self._records.extend(checked)
+
+    def read(
+        self, from_position: int = 1, to_position: int | None = None
+    ) -> _LogIterator[_LogRecord]:
+        self._check_open()
+        if from_position < 1:
+            raise ValueError(f"from_position must be >= 1, got {from_position}")
+        end = self.last_position if to_position is None else min(to_position, self.last_position)
+        if from_position > end:
+            return iter(())
+        prev = self._records[from_position - 2].hash if from_position > 1 else _LOG_GENESIS_HASH
+        return _verify_chain(self._records[from_position - 1 : end], from_position, prev)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("event log is closed")
+
 
 # --- MemoryEventStore (fake of ledger.application.ports.EventStore) ---
 

@@ -63,7 +63,7 @@ Exceptions::
     └── WalFailed            an I/O error made this FileWal unusable; restart to recover
         ├── WalFsyncFailed   fdatasync/fsync failed: durability of the batch is unknown
         └── WalWriteFailed   write, rotation or truncation failed
-    ChainBroken (ValueError, ledger.application.records)
+    ChainBroken (ValueError) and InvariantViolated (AssertionError)
     └── WalInvariantViolated  append_batch got records that do not continue the chain: a bug
 """
 
@@ -89,6 +89,7 @@ import google_crc32c
 import orjson
 
 from ledger.application.records import GENESIS_HASH, ChainBroken, EventRecord
+from ledger.domain.errors import InvariantViolated
 
 __all__ = [
     "BATCH_RECORDS_MAX",
@@ -204,11 +205,13 @@ class WalWriteFailed(WalFailed):
     """A write, a segment rotation or a truncation failed part-way."""
 
 
-class WalInvariantViolated(ChainBroken):
+class WalInvariantViolated(ChainBroken, InvariantViolated):
     """``append_batch`` was given records that do not continue the chain.
 
     This is a bug in the caller (the node assigns positions and hashes), checked before
-    anything is written: stop, do not catch and continue. Nothing was written.
+    anything is written: stop, do not catch and continue. Nothing was written. It is a
+    ``ChainBroken`` (the port's contract, a ``ValueError``) and an ``InvariantViolated``
+    (an ``AssertionError``: a bug).
     """
 
 
