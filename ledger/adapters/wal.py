@@ -63,7 +63,7 @@ Exceptions::
     └── WalFailed            an I/O error made this FileWal unusable; restart to recover
         ├── WalFsyncFailed   fdatasync/fsync failed: durability of the batch is unknown
         └── WalWriteFailed   write, rotation or truncation failed
-    ChainBroken (ValueError) and InvariantViolated (AssertionError)
+    ChainBroken (ValueError) and AssertionError
     └── WalInvariantViolated  append_batch got records that do not continue the chain: a bug
 """
 
@@ -89,7 +89,6 @@ import google_crc32c
 import orjson
 
 from ledger.application.records import GENESIS_HASH, ChainBroken, EventRecord
-from ledger.domain.errors import InvariantViolated
 
 __all__ = [
     "BATCH_RECORDS_MAX",
@@ -139,6 +138,7 @@ _PAYLOAD_BYTES_MAX: Final = _PAYLOAD_HEAD.size + CANONICAL_BYTES_MAX + 7 + _HASH
 _PADDING = tuple(bytes(n) for n in range(8))
 _CHUNK_BYTES: Final = 4 * 1024 * 1024
 _ZERO_CHUNK = bytes(_CHUNK_BYTES)
+_INDEX_STRIDE_RECORDS: Final = 1024
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.wal$")
 _TEMPORARY_NAME = re.compile(r"^(\d{20}\.wal|spare-segment)\.tmp$")
 _SPARE_NAME: Final = "spare-segment.tmp"
@@ -205,13 +205,14 @@ class WalWriteFailed(WalFailed):
     """A write, a segment rotation or a truncation failed part-way."""
 
 
-class WalInvariantViolated(ChainBroken, InvariantViolated):
+class WalInvariantViolated(ChainBroken, AssertionError):
     """``append_batch`` was given records that do not continue the chain.
 
     This is a bug in the caller (the node assigns positions and hashes), checked before
     anything is written: stop, do not catch and continue. Nothing was written. It is a
-    ``ChainBroken`` (the port's contract, a ``ValueError``) and an ``InvariantViolated``
-    (an ``AssertionError``: a bug).
+    ``ChainBroken`` (the port's contract, a ``ValueError``) and an ``AssertionError`` (a
+    bug, like ``ledger.domain.errors.InvariantViolated``, which the WAL does not import so
+    that it stays free of the domain package).
     """
 
 
@@ -346,8 +347,14 @@ def _encode_batch(
 _NEED_MORE, _END, _BAD_FRAME, _BAD_CONTENT, _STOPPED = range(5)
 
 
+_IndexEntry = tuple[int, int, bytes]
+"""(position, byte offset, hash before it) of a record that starts a batch: a place where a
+scan of a segment can begin without reading what comes before it."""
+
+
 class _Chain:
-    """Where a scan is: the next position, the last hash and the batch being read."""
+    """Where a scan is: the next position, the last hash and the batch being read; with
+    ``index``, it also collects an index entry every ``_INDEX_STRIDE_RECORDS`` or so."""
 
     __slots__ = (
         "batch_first",
@@ -355,17 +362,28 @@ class _Chain:
         "batch_start_offset",
         "batch_start_prev",
         "expected",
+        "index",
+        "index_next",
         "prev",
     )
 
-    def __init__(self, first_position: int, prev_hash: bytes, offset: int) -> None:
+    def __init__(
+        self,
+        first_position: int,
+        prev_hash: bytes,
+        offset: int,
+        index: list[_IndexEntry] | None = None,
+    ) -> None:
         self.expected = first_position
         self.prev = prev_hash
-        # A batch never spans segments, so each segment starts after a finished batch.
+        # Scans start at batch boundaries: a segment start (a batch never spans segments)
+        # or an index entry.
         self.batch_first = first_position
         self.batch_last = first_position - 1
         self.batch_start_offset = offset
         self.batch_start_prev = prev_hash
+        self.index = index
+        self.index_next = first_position
 
     @property
     def batch_open(self) -> bool:
@@ -472,6 +490,9 @@ def _scan_frames(
             batch_last = position + count - 1
             chain.batch_start_offset = base + off
             chain.batch_start_prev = prev
+            if chain.index is not None and position >= chain.index_next:
+                chain.index.append((position, base + off, prev))
+                chain.index_next = position + _INDEX_STRIDE_RECORDS
         elif first != batch_first or first + count - 1 != batch_last:
             kind = _BAD_CONTENT
             info = (
@@ -633,6 +654,7 @@ def segment_paths(directory: Path) -> list[Path]:
 class _SegmentScan:
     summary: SegmentSummary
     torn_tail: TornTail | None
+    index: list[_IndexEntry]
 
 
 def _scan_segment(
@@ -657,7 +679,7 @@ def _scan_segment(
         )
         if progress is not None:
             progress(HEADER_BYTES)
-        chain = _Chain(header.first_position, header.prev_hash, HEADER_BYTES)
+        chain = _Chain(header.first_position, header.prev_hash, HEADER_BYTES, [])
         stop_offset, kind, info = _scan_to_end(fd, size, HEADER_BYTES, chain, progress)
         torn: TornTail | None = None
         if kind == _END:
@@ -695,7 +717,10 @@ def _scan_segment(
             last_hash=last_hash,
             data_end=data_end,
         )
-        return _SegmentScan(summary, torn), chain
+        index = [entry for entry in chain.index or () if entry[0] <= last_position]
+        if not index or index[0][0] != header.first_position:
+            index.insert(0, (header.first_position, HEADER_BYTES, header.prev_hash))
+        return _SegmentScan(summary, torn, index), chain
     finally:
         os.close(fd)
 
@@ -846,22 +871,25 @@ def verify_wal(directory: Path, *, progress: ProgressCallback | None = None) -> 
     paths = segment_paths(directory)
     if not paths:
         raise FileNotFoundError(f"no WAL segment files (*.wal) in {directory}")
-    return _verify_paths(directory, paths, progress)
+    return _verify_paths(directory, paths, progress)[0]
 
 
 def _verify_paths(
     directory: Path, paths: Sequence[Path], progress: ProgressCallback | None
-) -> WalSummary:
+) -> tuple[WalSummary, list[list[_IndexEntry]]]:
+    """Scan every segment; return the summary and each segment's read index."""
     summaries: list[SegmentSummary] = []
+    indexes: list[list[_IndexEntry]] = []
     chain: _Chain | None = None
     torn: TornTail | None = None
     for index, path in enumerate(paths):
         next_segment = paths[index + 1] if index + 1 < len(paths) else None
         scan, chain = _scan_segment(path, index + 1, chain, next_segment, progress)
         summaries.append(scan.summary)
+        indexes.append(scan.index)
         torn = scan.torn_tail
     last = summaries[-1]
-    return WalSummary(
+    summary = WalSummary(
         directory=directory,
         segments=tuple(summaries),
         record_count=last.last_position,
@@ -869,6 +897,7 @@ def _verify_paths(
         last_hash=last.last_hash,
         torn_tail=torn,
     )
+    return summary, indexes
 
 
 # --- Reading --------------------------------------------------------------------------
@@ -917,12 +946,16 @@ def _decode(buf: bytes, off: int, position: int, prev: bytes, path: Path, base: 
 
 
 def _read_segments(
-    paths: Sequence[Path], from_position: int, to_position: int
+    paths: Sequence[Path],
+    from_position: int,
+    to_position: int,
+    start_at: _IndexEntry | None = None,
 ) -> Iterator[EventRecord]:
     """Records ``from_position..to_position`` of the segments ``paths`` (all of the log),
     each checked as in :func:`_scan_frames`, then decoded and cross-checked; the log must
     reach ``to_position``. This is the "after reading" half of the assertion pair.
-    Memory stays bounded by one chunk's records."""
+    Memory stays bounded by one chunk's records. ``start_at``, an index entry in the
+    segment holding ``from_position``, lets the scan skip the records before it."""
     if from_position > to_position:
         return
     firsts = [int(path.name[:20]) for path in paths]
@@ -941,8 +974,11 @@ def _read_segments(
                 chain.expected if chain is not None else None,
                 chain.prev if chain is not None else None,
             )
-            chain = _Chain(header.first_position, header.prev_hash, HEADER_BYTES)
-            scan = _scan_chunks(fd, size, HEADER_BYTES, chain, True, to_position, None)
+            begin = (header.first_position, HEADER_BYTES, header.prev_hash)
+            if index == start and start_at is not None:
+                begin = start_at
+            chain = _Chain(begin[0], begin[2], begin[1])
+            scan = _scan_chunks(fd, size, begin[1], chain, True, to_position, None)
             while True:
                 try:
                     buf, base, offsets, prev, position = next(scan)
@@ -1169,6 +1205,7 @@ class FileWal:
         directory: Path,
         lock_fd: int,
         segments: list[Path],
+        indexes: list[list[_IndexEntry]],
         last_position: int,
         last_hash: bytes,
         write_offset: int,
@@ -1180,6 +1217,7 @@ class FileWal:
         self._directory = directory
         self._lock_fd: int | None = lock_fd
         self._segments = segments
+        self._indexes = indexes
         self._last_position = last_position
         self._last_hash = last_hash
         self._write_offset = write_offset
@@ -1254,6 +1292,9 @@ class FileWal:
             raise self._fail(
                 WalFsyncFailed(f"fdatasync of {self._segments[-1].name}: {exc}")
             ) from exc
+        index = self._indexes[-1]
+        if self._last_position + 1 >= index[-1][0] + _INDEX_STRIDE_RECORDS:
+            index.append((self._last_position + 1, self._write_offset, self._last_hash))
         self._write_offset += len(data)
         self._last_position += len(records)
         self._last_hash = last_hash
@@ -1299,6 +1340,7 @@ class FileWal:
         os.close(self._fd)
         self._fd = fd
         self._segments.append(path)
+        self._indexes.append([(self._last_position + 1, HEADER_BYTES, self._last_hash)])
         self._write_offset = HEADER_BYTES
         return fd
 
@@ -1345,7 +1387,12 @@ class FileWal:
             raise ValueError(f"from_position must be >= 1, got {from_position}")
         last = self._last_position
         to = last if to_position is None else min(to_position, last)
-        return _read_segments(list(self._segments), from_position, to)
+        if from_position > to:
+            return iter(())
+        segment = bisect_right([index[0][0] for index in self._indexes], from_position) - 1
+        index = self._indexes[segment]
+        start_at = index[bisect_right(index, (from_position, 1 << 64)) - 1]
+        return _read_segments(list(self._segments), from_position, to, start_at)
 
     # -- moving a conflicting tail aside --
 
@@ -1382,7 +1429,7 @@ class FileWal:
         try:
             _write_new_file(aside, frames())
             _fsync_directory(self._directory)
-            self._truncate_to(index, cut)
+            self._truncate_to(index, cut, after_position)
         except OSError as exc:
             raise self._fail(WalWriteFailed(f"moving the tail aside: {exc}")) from exc
         self._last_position = after_position
@@ -1428,7 +1475,7 @@ class FileWal:
             )
         return offset, chain.prev
 
-    def _truncate_to(self, index: int, cut: int) -> None:
+    def _truncate_to(self, index: int, cut: int, after_position: int) -> None:
         """Remove segments after ``index`` (newest first, so a crash leaves a prefix),
         truncate segment ``index`` at ``cut`` and make it all durable."""
         self._take_spare()
@@ -1436,6 +1483,9 @@ class FileWal:
             os.unlink(path)
         _fsync_directory(self._directory)
         del self._segments[index + 1 :]
+        del self._indexes[index + 1 :]
+        kept = [entry for entry in self._indexes[index] if entry[0] <= after_position]
+        self._indexes[index] = kept or [self._indexes[index][0]]
         assert self._fd is not None
         os.close(self._fd)
         self._fd = None
@@ -1497,8 +1547,9 @@ def open_wal(
                 GENESIS_HASH,
                 HEADER_BYTES,
             )
+            indexes = [[(1, HEADER_BYTES, GENESIS_HASH)]]
         else:
-            summary = _verify_paths(directory, paths, None)
+            summary, indexes = _verify_paths(directory, paths, None)
             if summary.torn_tail is not None:
                 report = _move_torn_tail_aside(
                     directory, summary.torn_tail, segment_size_bytes, preallocate
@@ -1510,6 +1561,7 @@ def open_wal(
             directory=directory,
             lock_fd=lock_fd,
             segments=segments,
+            indexes=indexes,
             last_position=last_position,
             last_hash=last_hash,
             write_offset=write_offset,
