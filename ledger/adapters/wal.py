@@ -525,7 +525,7 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     return data
 
 
-def _nonzero_end(fd: int, start: int, size: int, progress: ProgressCallback | None) -> int:
+def _nonzero_end(fd: int, start: int, size: int) -> int:
     """The offset just past the last non-zero byte in ``[start, size)``, or ``start``."""
     last = start
     offset = start
@@ -533,8 +533,6 @@ def _nonzero_end(fd: int, start: int, size: int, progress: ProgressCallback | No
         chunk = _pread_exact(fd, min(_CHUNK_BYTES, size - offset), offset)
         if not chunk:
             break
-        if progress is not None:
-            progress(len(chunk))
         if chunk != _ZERO_CHUNK[: len(chunk)]:
             last = offset + len(chunk.rstrip(b"\0"))
         offset += len(chunk)
@@ -677,13 +675,19 @@ def _scan_segment(
             chain.expected if chain is not None else 1,
             chain.prev if chain is not None else GENESIS_HASH,
         )
-        if progress is not None:
-            progress(HEADER_BYTES)
         chain = _Chain(header.first_position, header.prev_hash, HEADER_BYTES, [])
-        stop_offset, kind, info = _scan_to_end(fd, size, HEADER_BYTES, chain, progress)
+        reported = 0
+
+        def counted(done: int) -> None:
+            nonlocal reported
+            reported += done
+            if progress is not None:
+                progress(done)
+
+        stop_offset, kind, info = _scan_to_end(fd, size, HEADER_BYTES, chain, counted)
         torn: TornTail | None = None
         if kind == _END:
-            nonzero_end = _nonzero_end(fd, stop_offset, size, progress)
+            nonzero_end = _nonzero_end(fd, stop_offset, size)
             if nonzero_end > stop_offset:
                 kind = _BAD_FRAME
                 info = (
@@ -717,6 +721,8 @@ def _scan_segment(
             last_hash=last_hash,
             data_end=data_end,
         )
+        if progress is not None and size > reported:
+            progress(size - reported)
         index = [entry for entry in chain.index or () if entry[0] <= last_position]
         if not index or index[0][0] != header.first_position:
             index.insert(0, (header.first_position, HEADER_BYTES, header.prev_hash))
@@ -825,7 +831,7 @@ def _classify_bad_frame(
     """
     position = chain.expected
     batch_first = chain.batch_first if chain.batch_open else position
-    nonzero_end = (_nonzero_end(fd, offset, size, None) + 7) & ~7
+    nonzero_end = (_nonzero_end(fd, offset, size) + 7) & ~7
     garbage_end = nonzero_end
     same_batch = 0
     for frame in _valid_frames(fd, offset + _FRAME_BYTES, nonzero_end, size):
@@ -1175,7 +1181,8 @@ def _install_segment(
     temporary = directory / f"{path.name}.tmp"
     if spare is not None:
         os.rename(spare, temporary)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT, _FILE_MODE)
+    flags = os.O_WRONLY | os.O_CREAT | (0 if spare is not None else os.O_TRUNC)
+    fd = os.open(temporary, flags, _FILE_MODE)
     try:
         if spare is None and preallocate_bytes > HEADER_BYTES:
             _zero_fill(fd, HEADER_BYTES, preallocate_bytes)
@@ -1500,10 +1507,12 @@ class FileWal:
     # -- closing --
 
     def close(self) -> None:
-        """Release the directory; idempotent. Pending preallocation is waited for."""
-        if self._spare_thread is not None:
-            self._spare_thread.join()
-            self._spare_thread = None
+        """Release the directory; idempotent. Pending preallocation is waited for and an
+        unused spare segment removed."""
+        spare = self._take_spare()
+        if spare is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(spare)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

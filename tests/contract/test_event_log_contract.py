@@ -7,7 +7,6 @@ fsync in ``tmp_path``; ``TestMemoryEventLog``).
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,7 +124,19 @@ class EventLogContract:
     def test_rejects_a_record_whose_hash_does_not_match_its_content(self) -> None:
         log = self.make_log()
         records = make_records(log, 3)
-        records[1] = dataclasses.replace(records[1], data={"edited": True})
+        original = records[1]
+        records[1] = EventRecord(  # built afresh: no cached serialisation of the original
+            original.position,
+            original.event_id,
+            original.stream_id,
+            original.stream_version,
+            original.type,
+            original.schema_version,
+            original.recorded_at_us,
+            {"edited": True},
+            original.prev_hash,
+            original.hash,
+        )
         self.assert_rejected_and_unchanged(log, records)
 
     def test_rejects_positions_out_of_order_within_a_batch(self) -> None:
