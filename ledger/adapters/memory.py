@@ -214,6 +214,16 @@ class MemoryEventStore:
                 out[sid] = dict(got[2])
         return out
 
+    def load_records(
+        self, snapshot_streams: _Sequence[str], creation_streams: _Sequence[str]
+    ) -> tuple[dict[str, dict[str, _Any]], dict[str, _EventRecord]]:
+        firsts = {
+            sid: records[0]
+            for sid, records in self.read_streams(creation_streams).items()
+            if records[0].stream_version == 1
+        }
+        return self.load_snapshots(snapshot_streams), firsts
+
     def load_snapshots_where(
         self, stream_prefix: str, key: str, value: str
     ) -> list[dict[str, _Any]]:

@@ -54,19 +54,6 @@ _COLUMNS = (
     "book_id, position, event_id, stream_id, stream_version, type, "
     "schema_version, data, recorded_at_us, prev_hash, hash"
 )
-_COPY_TYPES = [
-    "varchar",
-    "int8",
-    "uuid",
-    "varchar",
-    "int8",
-    "varchar",
-    "int4",
-    "jsonb",
-    "int8",
-    "bytea",
-    "bytea",
-]
 
 
 def _orjson_dumps(obj: Any) -> bytes:
@@ -80,6 +67,22 @@ class SnapshotRow:
     stream_id: str
     stream_version: int
     data: dict[str, Any]
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: str) -> str:
+    """Escape a value for COPY's text format."""
+    return value.translate(_COPY_ESCAPES)
+
+
+def _text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of identifiers made of safe characters (no quoting)."""
+    for v in values:
+        if not v or any(c in v for c in ",{}\"\\ '") or v.upper() == "NULL":
+            raise ValueError(f"unsafe stream id {v!r}")
+    return "{" + ",".join(values) + "}"
 
 
 def _dsn(url: str) -> str:
@@ -292,28 +295,31 @@ class PostgresEventStore:
             )
 
     def _copy_records(self, conn: psycopg.Connection[Any], records: Sequence[EventRecord]) -> None:
-        book = self._book_id
-        with (
-            conn.cursor() as cur,
-            cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
-        ):
-            copy.set_types(_COPY_TYPES)
-            for r in records:
-                copy.write_row(
-                    (
-                        book,
-                        r.position,
-                        r.event_id,
-                        r.stream_id,
-                        r.stream_version,
-                        r.type,
-                        r.schema_version,
-                        Jsonb(r.data),
-                        r.recorded_at_us,
-                        r.prev_hash,
-                        r.hash,
-                    )
+        """One text-format COPY from a buffer built here: psycopg's per-value adaptation
+        costs more than the server's insert at this row size, and the record already
+        carries its ``data`` serialised (the same bytes that were hashed)."""
+        book = _copy_text(self._book_id).encode()
+        rows = []
+        for r in records:
+            data_json = r.data_json if r.data_json is not None else orjson.dumps(r.data)
+            rows.append(
+                b"%s\t%d\t%s\t%s\t%d\t%s\t%d\t%s\t%d\t\\\\x%s\t\\\\x%s\n"
+                % (
+                    book,
+                    r.position,
+                    str(r.event_id).encode(),
+                    _copy_text(r.stream_id).encode(),
+                    r.stream_version,
+                    _copy_text(r.type).encode(),
+                    r.schema_version,
+                    data_json.replace(b"\\", b"\\\\"),
+                    r.recorded_at_us,
+                    r.prev_hash.hex().encode(),
+                    r.hash.hex().encode(),
                 )
+            )
+        with conn.cursor() as cur, cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN") as copy:
+            copy.write(b"".join(rows))
 
     def _upsert_snapshots(
         self,
@@ -413,6 +419,42 @@ class PostgresEventStore:
             ).fetchall()
             conn.rollback()
             return {r[0]: r[1] for r in rows}
+
+        return self._with_conn("read", run)
+
+    def load_records(
+        self, snapshot_streams: Sequence[str], creation_streams: Sequence[str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, EventRecord]]:
+        """In one round trip: the snapshots of ``snapshot_streams`` and the first event of
+        each of ``creation_streams`` (the node's lazy load of one batch's records)."""
+        if not snapshot_streams and not creation_streams:
+            return {}, {}
+
+        def run(
+            conn: psycopg.Connection[Any],
+        ) -> tuple[dict[str, dict[str, Any]], dict[str, EventRecord]]:
+            rows = conn.execute(
+                "SELECT NULL::bigint, NULL::uuid, stream_id, stream_version, NULL, NULL, data, "
+                "NULL::bigint, NULL::bytea, NULL::bytea FROM snapshots "
+                "WHERE book_id = %(b)s AND stream_id = ANY(%(s)s::text[]) "
+                "UNION ALL "
+                + _SELECT
+                + " WHERE book_id = %(b)s AND stream_id = ANY(%(c)s::text[]) AND stream_version = 1",
+                {
+                    "b": self._book_id,
+                    "s": _text_array(snapshot_streams),
+                    "c": _text_array(creation_streams),
+                },
+            ).fetchall()
+            conn.rollback()
+            snaps: dict[str, dict[str, Any]] = {}
+            firsts: dict[str, EventRecord] = {}
+            for r in rows:
+                if r[0] is None:
+                    snaps[r[2]] = r[6]
+                else:
+                    firsts[r[2]] = _row_to_record(r)
+            return snaps, firsts
 
         return self._with_conn("read", run)
 

@@ -27,12 +27,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 from ledger import domain
 from ledger.adapters.postgres import SnapshotRow
@@ -46,6 +46,23 @@ __all__ = ["LedgerNode", "NodeConfig", "NodeMetrics"]
 
 _log = logging.getLogger(__name__)
 LOAD_ATTEMPTS_MAX = 10_000
+
+
+_V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_V4_SET = (0x4000 << 64) | (0x8000 << 48)
+_new_uuid = object.__new__
+_set_attr = object.__setattr__
+
+
+def _random_uuids(n: int) -> Iterator[UUID]:
+    """``n`` random (version 4) UUIDs from one ``os.urandom`` call: ``uuid.uuid4()`` costs
+    a system call and a validating constructor per id, which shows on the hot path."""
+    raw = os.urandom(16 * n)
+    for i in range(0, 16 * n, 16):
+        u = _new_uuid(UUID)
+        _set_attr(u, "int", (int.from_bytes(raw[i : i + 16]) & _V4_CLEAR) | _V4_SET)
+        _set_attr(u, "is_safe", SafeUUID.unknown)
+        yield u
 
 
 @dataclass(frozen=True)
@@ -295,12 +312,13 @@ class LedgerNode:
         self, outcomes: Sequence[domain.CommandOutcome], now_us: int
     ) -> list[EventRecord]:
         pending: list[PendingRecord] = []
+        ids = _random_uuids(sum(len(o.events) for o in outcomes))
         for outcome in outcomes:
             for event in outcome.events:
                 self._mark_dirty(event)
                 pending.append(
                     PendingRecord(
-                        event_id=uuid.uuid4(),
+                        event_id=next(ids),
                         stream_id=event.stream_id,
                         stream_version=event.stream_version,
                         type=event.type,
@@ -470,26 +488,28 @@ class LedgerNode:
 
     def _load_once(self, accounts: set[UUID], transfers: set[UUID], from_events: bool) -> None:
         """Put the records' current state into the cache (see the module docstring)."""
-        streams = [f"account-{a}" for a in accounts] + [f"transfer-{t}" for t in transfers]
-        snaps = self.store.load_snapshots(streams)
-        loaded: list[tuple[str, dict[str, Any]]] = list(snaps.items())
-        missing_transfers = [f"transfer-{t}" for t in transfers if f"transfer-{t}" not in snaps]
-        for stream_id, data in loaded:
+        account_streams = [f"account-{a}" for a in accounts]
+        transfer_streams = [f"transfer-{t}" for t in transfers]
+        snaps, firsts = self.store.load_records(
+            account_streams + transfer_streams, transfer_streams if from_events else []
+        )
+        state = self.state
+        for stream_id, data in snaps.items():
             if stream_id.startswith("account-"):
                 account = domain.Account.from_snapshot(data)
-                if account.id not in self.state.accounts:
-                    self.state.add_account(account)
+                if account.id not in state.accounts:
+                    state.add_account(account)
             else:
                 transfer = domain.Transfer.from_snapshot(data)
-                if transfer.id not in self.state.transfers:
-                    self.state.add_transfer(transfer)
-        if from_events and missing_transfers:
-            for records in self.store.read_streams(missing_transfers).values():
-                first = records[0]
-                event = domain.event_from_data(first.type, first.schema_version, dict(first.data))
-                transfer = transfer_from_event(event)
-                if transfer.id not in self.state.transfers:
-                    self.state.add_transfer(transfer)
+                if transfer.id not in state.transfers:
+                    state.add_transfer(transfer)
+        for stream_id, first in firsts.items():
+            if stream_id in snaps:
+                continue
+            event = domain.event_from_data(first.type, first.schema_version, dict(first.data))
+            transfer = transfer_from_event(event)
+            if transfer.id not in state.transfers:
+                state.add_transfer(transfer)
 
     # -- snapshots ---------------------------------------------------------------------
 

@@ -99,6 +99,13 @@ class EventStore(Protocol):
 
     def load_snapshots(self, stream_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 
+    def load_records(
+        self, snapshot_streams: Sequence[str], creation_streams: Sequence[str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, EventRecord]]:
+        """Snapshots of ``snapshot_streams`` and the version-1 event of each of
+        ``creation_streams``, in one round trip."""
+        ...
+
     def load_snapshots_where(
         self, stream_prefix: str, key: str, value: str
     ) -> list[dict[str, Any]]: ...

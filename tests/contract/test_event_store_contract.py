@@ -153,7 +153,23 @@ class EventStoreContract:
         assert store.event_ids_exist([records[0].event_id, unknown]) == {records[0].event_id}
 
 
-class TestMemoryEventStore(EventStoreContract):
+class EscapingContract(EventStoreContract):
+    def test_data_with_escapes_and_unicode_round_trips(self) -> None:
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        tricky = {"memo": 'tab\there\nnew "quote" back\\slash \\N ünï 💶', "n": -(2**63)}
+        [record] = chain_records(
+            [PendingRecord(uuid.uuid4(), "transfer-esc", 1, "TransferCreated", 1, 5, tricky)],
+            1,
+            GENESIS_HASH,
+        )
+        store.append_batch([record], epoch)
+        [back] = list(store.read_positions(1))
+        assert back.data == tricky
+        assert back == record
+
+
+class TestMemoryEventStore(EscapingContract):
     def make_store(self) -> EventStore:
         return MemoryEventStore(f"book-{uuid.uuid4().hex[:6]}")
 
@@ -162,7 +178,7 @@ class TestMemoryEventStore(EventStoreContract):
         return MemoryEventStore(store.book_id, store.db)
 
 
-class TestPostgresEventStore(EventStoreContract):
+class TestPostgresEventStore(EscapingContract):
     @pytest.fixture(autouse=True)
     def _database(self, database_url: str) -> Iterator[None]:
         self.url = database_url
@@ -187,3 +203,28 @@ def test_memory_database_is_shared_between_peers() -> None:
     a = MemoryEventStore("b", db)
     a.append_batch(make_records(1), a.acquire_lease("x"))
     assert MemoryEventStore("b", db).head()[0] == 1
+
+
+def _load_records_contract(store: EventStore) -> None:
+    epoch = store.acquire_lease("a")
+    records = make_records(2)
+    snap = SnapshotRow("account-q", 1, {"id": "q"})
+    store.append_batch(records, epoch, [snap], 2)
+    snaps, firsts = store.load_records(
+        ["account-q", "account-none"], [records[0].stream_id, "transfer-none"]
+    )
+    assert snaps == {"account-q": {"id": "q"}}
+    assert firsts == {records[0].stream_id: records[0]}
+    assert store.load_records([], []) == ({}, {})
+
+
+def test_memory_store_loads_snapshots_and_creations_together() -> None:
+    _load_records_contract(MemoryEventStore("b"))
+
+
+def test_postgres_store_loads_snapshots_and_creations_together(database_url: str) -> None:
+    store = PostgresEventStore(database_url, "b")
+    try:
+        _load_records_contract(store)
+    finally:
+        store.close()
