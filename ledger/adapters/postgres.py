@@ -437,9 +437,8 @@ class PostgresEventStore:
                 "SELECT NULL::bigint, NULL::uuid, stream_id, stream_version, NULL, NULL, data, "
                 "NULL::bigint, NULL::bytea, NULL::bytea FROM snapshots "
                 "WHERE book_id = %(b)s AND stream_id = ANY(%(s)s::text[]) "
-                "UNION ALL "
-                + _SELECT
-                + " WHERE book_id = %(b)s AND stream_id = ANY(%(c)s::text[]) AND stream_version = 1",
+                "UNION ALL " + _SELECT + " WHERE book_id = %(b)s AND stream_id = ANY(%(c)s::text[])"
+                " AND stream_version = 1",
                 {
                     "b": self._book_id,
                     "s": _text_array(snapshot_streams),

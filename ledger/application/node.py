@@ -26,12 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID, SafeUUID
 
 from ledger import domain

@@ -11,8 +11,8 @@ record on. The first record of a book chains from :data:`GENESIS_HASH` (32 zero 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID

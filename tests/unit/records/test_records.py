@@ -25,7 +25,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12,
 )
-streams = st.sampled_from(["account-1", "transfer-x", "weird stream \"quoted\"", "ünï"])
+streams = st.sampled_from(["account-1", "transfer-x", 'weird stream "quoted"', "ünï"])
 
 
 @settings(max_examples=200, deadline=None)
@@ -41,7 +41,9 @@ def test_fast_canonical_bytes_equal_the_orjson_form(
 ) -> None:
     pending = PendingRecord(uuid.uuid4(), stream, version, type_, 1, at, data)
     [record] = chain_records([pending], 7, GENESIS_HASH)
-    expected = canonical_bytes(7, pending.event_id, stream, version, type_, 1, at, data, GENESIS_HASH)
+    expected = canonical_bytes(
+        7, pending.event_id, stream, version, type_, 1, at, data, GENESIS_HASH
+    )
     assert record.canonical() == expected
     plain = EventRecord(*[getattr(record, f) for f in EventRecord.__slots__[:10]])
     assert plain.canonical() == expected and plain == record
