@@ -795,11 +795,13 @@ def _scan_to_end(
 def _unfinished_batch(
     path: Path, offset: int, end_offset: int, chain: _Chain, damage: str
 ) -> TornTail:
-    written = (
-        f"positions {chain.batch_first}..{chain.expected - 1} written"
-        if chain.expected > chain.batch_first
-        else "none of it intact"
-    )
+    intact = chain.expected - chain.batch_first
+    if intact == 0:
+        written = "none of it intact"
+    elif intact == 1:
+        written = f"position {chain.batch_first} written"
+    else:
+        written = f"positions {chain.batch_first}..{chain.expected - 1} written"
     reason = f"unfinished batch {chain.batch_first}..{chain.batch_last} ({written})"
     if damage:
         reason = f"{damage}; {reason}"
