@@ -122,7 +122,7 @@ def frames(segment: Path) -> list[Frame]:
 
 
 def all_frames(directory: Path) -> list[Frame]:
-    return [f for segment in sorted(directory.glob("*.wal")) for f in frames(segment)]
+    return [f for segment in segments(directory) for f in frames(segment)]
 
 
 def segments(directory: Path) -> list[Path]:
