@@ -54,10 +54,6 @@ async def open_node(
     if store is None:
         store = PostgresEventStore(database_url, settings.book_id)
     recorder = Recorder(wal, store, retry_max_ms=settings.postgres_retry_max_ms)
-    try:
-        return await LedgerNode.open(
-            recorder, node_config(settings), holder=holder, expire_pending=expire_pending
-        )
-    except BaseException:
-        await asyncio.to_thread(recorder.close)
-        raise
+    return await LedgerNode.open(
+        recorder, node_config(settings), holder=holder, expire_pending=expire_pending
+    )

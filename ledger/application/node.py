@@ -159,9 +159,17 @@ class LedgerNode:
             recorder, recorder.store, config or NodeConfig(), clock_us=clock_us, metrics=metrics
         )
         loop = asyncio.get_running_loop()
-        node.recovery = await loop.run_in_executor(node._commit_thread, recorder.recover, holder)
-        _log.info("recovery: %s", node.recovery.summary())
-        await loop.run_in_executor(node._load_thread, node._load_tail)
+        try:
+            node.recovery = await loop.run_in_executor(
+                node._commit_thread, recorder.recover, holder
+            )
+            _log.info("recovery: %s", node.recovery.summary())
+            await loop.run_in_executor(node._load_thread, node._load_tail)
+        except BaseException:
+            await loop.run_in_executor(node._commit_thread, recorder.close)
+            node._commit_thread.shutdown(wait=True)
+            node._load_thread.shutdown(wait=True)
+            raise
         node._tasks.append(asyncio.create_task(node._batcher(), name="ledger-batcher"))
         node._tasks.append(asyncio.create_task(node._committer(), name="ledger-committer"))
         if expire_pending:
