@@ -613,7 +613,10 @@ def _read_header(
         )
     if first != name_first:
         raise WalCorruption(
-            path, 0, f"header says first position {first} but the file name says {name_first}"
+            path,
+            0,
+            f"header says first position {first} but the file name says {name_first}",
+            due,
         )
     if first_position is not None and first != first_position:
         if first > first_position:
@@ -621,7 +624,10 @@ def _read_header(
         else:
             why = f"it overlaps the previous segment, which ends at {first_position - 1}"
         raise WalCorruption(
-            path, 0, f"segment starts at position {first} where {first_position} expected: {why}"
+            path,
+            0,
+            f"segment starts at position {first} where {first_position} expected: {why}",
+            due,
         )
     if number != segment_number:
         raise WalCorruption(
