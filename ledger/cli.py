@@ -35,6 +35,13 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ledger.api.server import serve
+    from ledger.config import get_settings
+
+    return serve(get_settings(), args.host, args.port)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ledger.demo import run_demo
 
@@ -103,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", default=None, help="default: $LEDGER_DATABASE_URL")
     p.add_argument("--revision", default="head")
     p.set_defaults(handler=_cmd_migrate)
+
+    p = sub.add_parser("serve", help="run the HTTP API and the ledger node of one book")
+    p.add_argument("--host", default=None, help="default: $LEDGER_HTTP_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: $LEDGER_HTTP_PORT or 8080")
+    p.set_defaults(handler=_cmd_serve)
 
     p = sub.add_parser("demo", help="start embedded services and run the guided story")
     p.add_argument("--keep", action="store_true", help="leave services running at the end")

@@ -1,0 +1,585 @@
+"""The HTTP/JSON command API (FastAPI, orjson), ``/v1``.
+
+Batches (``POST /v1/accounts``, ``POST /v1/transfers``) answer 200 with one result per item,
+in order: ``created``, ``exists`` or ``rejected`` with a stable ``code``. Errors of the
+request itself are ``application/problem+json``: 401/403 (auth), 409 (idempotency key
+reused), 413 (too large), 422 (schema, with where), 503 + ``Retry-After`` (overloaded or
+PostgreSQL away; nothing of the request was acknowledged, retry with the same ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import orjson
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ledger import domain
+from ledger.api.auth import ApiKey, KeyStore, scope_allows
+from ledger.api.idempotency import KEY_LENGTH_MAX, IdempotencyStore, body_digest
+from ledger.api.metrics import ApiMetrics
+from ledger.api.problems import (
+    ApiProblem,
+    handle_http,
+    handle_problem,
+    handle_validation,
+    problem_response,
+)
+from ledger.application.errors import NodeStopped, Overloaded, Retriable
+from ledger.application.node import LedgerNode
+from ledger.logs import request_id
+
+__all__ = ["BATCH_ITEMS_MAX", "ApiContext", "create_app"]
+
+BATCH_ITEMS_MAX = 8190
+POST_VOID_NAMESPACE = uuid.UUID("4f3c7a52-7d0e-4c56-9c55-1f0d8e0a7b11")
+
+
+@dataclass
+class ApiContext:
+    """What the app needs; ``open_node`` runs inside the server's event loop."""
+
+    open_node: Callable[[], Awaitable[LedgerNode]]
+    keys: KeyStore
+    idempotency: IdempotencyStore
+    body_size_max_bytes: int = 8 * 1024 * 1024
+    metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    node: LedgerNode | None = None
+    close_node_on_shutdown: bool = True
+    read_models: Any = None
+
+
+# -- wire models ------------------------------------------------------------------------
+
+
+class AccountsRequest(BaseModel):
+    """A batch of accounts to open (linked chains allowed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    accounts: list[domain.OpenAccount] = Field(min_length=1, max_length=BATCH_ITEMS_MAX)
+
+
+class TransfersRequest(BaseModel):
+    """A batch of transfers (plain, pending, post, void; linked chains allowed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    transfers: list[domain.CreateTransfer] = Field(min_length=1, max_length=BATCH_ITEMS_MAX)
+
+
+class ResolvePendingRequest(BaseModel):
+    """Post or void a pending transfer. ``id`` defaults to one derived from the pending id,
+    so repeating the call is idempotent; ``amount_minor`` 0 posts the full amount."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: UUID | None = None
+    amount_minor: int = Field(default=0, ge=0, le=domain.AMOUNT_MAX)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ItemResult(BaseModel):
+    index: int
+    id: UUID | None
+    status: Literal["created", "exists", "rejected"]
+    code: str | None = None
+    detail: str | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[ItemResult]
+
+
+class Balances(BaseModel):
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+    available: int = Field(description="credits_posted - debits_posted - debits_pending")
+
+
+class AccountView(BaseModel):
+    id: UUID
+    ledger: str
+    scale: int
+    code: int
+    flags: dict[str, bool]
+    metadata: dict[str, str]
+    closed: bool
+    timestamp_us: int
+    balances: Balances
+
+
+class TransferView(BaseModel):
+    id: UUID
+    debit_account_id: UUID
+    credit_account_id: UUID
+    amount_minor: int
+    ledger: str
+    code: int
+    flags: dict[str, bool]
+    pending_id: UUID | None
+    timeout_s: int
+    expires_at_us: int | None
+    pending_status: str
+    amount_posted_minor: int
+    metadata: dict[str, str]
+    timestamp_us: int
+
+
+class Health(BaseModel):
+    status: str
+    position: int | None = None
+    queue_depth: int | None = None
+    detail: str | None = None
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or invalid API key (problem+json)"},
+    403: {"description": "key lacks the scope (problem+json)"},
+    409: {"description": "Idempotency-Key reused with another body (problem+json)"},
+    413: {"description": "request too large (problem+json)"},
+    422: {"description": "request does not match the schema (problem+json)"},
+    503: {"description": "overloaded or storage unavailable; retry (problem+json)"},
+}
+
+
+# -- views ------------------------------------------------------------------------------
+
+
+def account_view(a: domain.Account) -> AccountView:
+    return AccountView(
+        id=a.id,
+        ledger=a.ledger,
+        scale=a.scale,
+        code=a.code,
+        flags={
+            "debits_must_not_exceed_credits": a.flags.debits_must_not_exceed_credits,
+            "credits_must_not_exceed_debits": a.flags.credits_must_not_exceed_debits,
+        },
+        metadata=dict(a.metadata),
+        closed=a.closed,
+        timestamp_us=a.timestamp_us,
+        balances=Balances(
+            debits_pending=a.debits_pending,
+            debits_posted=a.debits_posted,
+            credits_pending=a.credits_pending,
+            credits_posted=a.credits_posted,
+            available=a.credits_posted - a.debits_posted - a.debits_pending,
+        ),
+    )
+
+
+def transfer_view(t: domain.Transfer) -> TransferView:
+    f = t.flags
+    return TransferView(
+        id=t.id,
+        debit_account_id=t.debit_account_id,
+        credit_account_id=t.credit_account_id,
+        amount_minor=t.amount_minor,
+        ledger=t.ledger,
+        code=t.code,
+        flags={
+            "linked": f.linked,
+            "pending": f.pending,
+            "post_pending_transfer": f.post_pending_transfer,
+            "void_pending_transfer": f.void_pending_transfer,
+        },
+        pending_id=t.pending_id,
+        timeout_s=t.timeout_s,
+        expires_at_us=t.expires_at_us,
+        pending_status=str(t.pending_status),
+        amount_posted_minor=t.amount_posted_minor,
+        metadata=dict(t.metadata),
+        timestamp_us=t.timestamp_us,
+    )
+
+
+# -- middleware -------------------------------------------------------------------------
+
+
+class BodyLimitMiddleware:
+    """Answer 413 (problem+json) for bodies over the limit, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
+        self.app = app
+        self.limit = limit_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._reject(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise StarletteHTTPException(413, f"request body exceeds {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            ApiProblem(413, "request_too_large", f"request body exceeds {self.limit} bytes")
+        )
+        await response(scope, receive, send)
+
+
+# -- the app ----------------------------------------------------------------------------
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if ctx.node is None:
+            ctx.node = await ctx.open_node()
+        _wire_node_metrics(ctx)
+        try:
+            yield
+        finally:
+            if ctx.close_node_on_shutdown and ctx.node is not None:
+                await ctx.node.close()
+
+    app = FastAPI(
+        title="eventledger",
+        version="0.1.0",
+        description="Event-sourced double-entry ledger: accounts, transfers, pending transfers.",
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(ApiProblem, handle_problem)
+    app.add_exception_handler(RequestValidationError, handle_validation)
+    app.add_exception_handler(StarletteHTTPException, handle_http)
+    app.add_middleware(BodyLimitMiddleware, limit_bytes=ctx.body_size_max_bytes)
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
+        t0 = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            request_id.reset(token)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        ctx.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        ctx.metrics.request_seconds.labels(request.method, path).observe(time.perf_counter() - t0)
+        response.headers["x-request-id"] = rid
+        return response
+
+    def node() -> LedgerNode:
+        if ctx.node is None or not ctx.node.ready:
+            detail = "ledger node is not ready"
+            if ctx.node is not None and ctx.node.failure is not None:
+                detail = f"ledger node stopped: {ctx.node.failure!r}"
+            raise ApiProblem(503, "unavailable", detail, headers={"Retry-After": "1"})
+        return ctx.node
+
+    def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
+        async def check(
+            authorization: Annotated[str | None, Header()] = None,
+        ) -> ApiKey:
+            if not authorization or not authorization.lower().startswith("bearer "):
+                raise ApiProblem(
+                    401,
+                    "unauthenticated",
+                    "missing bearer API key: send 'Authorization: Bearer elk_...'",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            key = await asyncio.to_thread(ctx.keys.verify, authorization[7:].strip())
+            if key is None:
+                raise ApiProblem(
+                    401,
+                    "invalid_api_key",
+                    "API key is unknown, malformed or revoked",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not scope_allows(key.scope, scope):
+                raise ApiProblem(
+                    403,
+                    "insufficient_scope",
+                    f"key {key.key_id} has scope {key.scope!r}; this endpoint needs {scope!r}",
+                )
+            return key
+
+        return check
+
+    async def submit(commands: list[domain.Command]) -> list[domain.CommandOutcome]:
+        try:
+            outcomes = await node().submit(commands)
+        except Overloaded as exc:
+            raise ApiProblem(
+                503, "overloaded", str(exc), headers={"Retry-After": str(int(exc.retry_after_s))}
+            ) from exc
+        except Retriable as exc:
+            raise ApiProblem(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
+        except NodeStopped as exc:
+            raise ApiProblem(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
+        for o in outcomes:
+            ctx.metrics.outcomes.labels(o.status, str(o.code or "")).inc()
+        return outcomes
+
+    async def idempotent(
+        request: Request,
+        key: str | None,
+        run: Callable[[], Awaitable[tuple[int, Any]]],
+    ) -> Response:
+        if key is None:
+            status, body = await run()
+            return ORJSONResponse(body, status_code=status)
+        if not key or len(key) > KEY_LENGTH_MAX:
+            raise ApiProblem(
+                422, "invalid_idempotency_key", f"Idempotency-Key must be 1..{KEY_LENGTH_MAX} chars"
+            )
+        digest = body_digest(request.method, request.url.path, await request.body())
+        stored = await asyncio.to_thread(ctx.idempotency.get, key)
+        if stored is not None:
+            if stored.digest != digest:
+                raise ApiProblem(
+                    409,
+                    "idempotency_key_reused",
+                    f"Idempotency-Key {key!r} was used with a different request",
+                )
+            response = ORJSONResponse(stored.body, status_code=stored.status_code)
+            response.headers["idempotent-replayed"] = "true"
+            return response
+        status, body = await run()
+        await asyncio.to_thread(ctx.idempotency.put, key, digest, status, body)
+        return ORJSONResponse(body, status_code=status)
+
+    def results(ids: list[UUID | None], outcomes: list[domain.CommandOutcome]) -> dict[str, Any]:
+        out = []
+        for i, (item_id, o) in enumerate(zip(ids, outcomes, strict=True)):
+            r: dict[str, Any] = {
+                "index": i,
+                "id": str(item_id) if item_id else None,
+                "status": o.status,
+            }
+            if o.code is not None:
+                r["code"] = str(o.code)
+                r["detail"] = o.detail
+            out.append(r)
+        return {"results": out}
+
+    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+    @app.post(
+        "/v1/accounts",
+        response_model=BatchResponse,
+        responses=PROBLEM_RESPONSES,
+        dependencies=[Depends(require("write"))],
+    )
+    async def open_accounts(
+        body: AccountsRequest, request: Request, idempotency_key: IdemKey = None
+    ) -> Response:
+        async def run() -> tuple[int, Any]:
+            commands: list[domain.Command] = list(body.accounts)
+            outcomes = await submit(commands)
+            return 200, results([a.id for a in body.accounts], outcomes)
+
+        return await idempotent(request, idempotency_key, run)
+
+    @app.post(
+        "/v1/transfers",
+        response_model=BatchResponse,
+        responses=PROBLEM_RESPONSES,
+        dependencies=[Depends(require("write"))],
+    )
+    async def create_transfers(
+        body: TransfersRequest, request: Request, idempotency_key: IdemKey = None
+    ) -> Response:
+        async def run() -> tuple[int, Any]:
+            commands: list[domain.Command] = list(body.transfers)
+            outcomes = await submit(commands)
+            return 200, results([t.id for t in body.transfers], outcomes)
+
+        return await idempotent(request, idempotency_key, run)
+
+    async def resolve(pending_id: UUID, body: ResolvePendingRequest, kind: str) -> dict[str, Any]:
+        transfer_id = body.id or uuid.uuid5(POST_VOID_NAMESPACE, f"{kind}:{pending_id}")
+        flags = domain.TransferFlags(
+            post_pending_transfer=kind == "post", void_pending_transfer=kind == "void"
+        )
+        command = domain.CreateTransfer(
+            id=transfer_id,
+            pending_id=pending_id,
+            amount_minor=body.amount_minor,
+            flags=flags,
+            metadata=body.metadata,
+        )
+        outcomes = await submit([command])
+        return results([transfer_id], outcomes)["results"][0]  # type: ignore[no-any-return]
+
+    @app.post(
+        "/v1/transfers/{transfer_id}/post",
+        response_model=ItemResult,
+        responses=PROBLEM_RESPONSES,
+        dependencies=[Depends(require("write"))],
+    )
+    async def post_pending(
+        transfer_id: Annotated[UUID, Path()],
+        request: Request,
+        body: ResolvePendingRequest | None = None,
+        idempotency_key: IdemKey = None,
+    ) -> Response:
+        async def run() -> tuple[int, Any]:
+            return 200, await resolve(transfer_id, body or ResolvePendingRequest(), "post")
+
+        return await idempotent(request, idempotency_key, run)
+
+    @app.post(
+        "/v1/transfers/{transfer_id}/void",
+        response_model=ItemResult,
+        responses=PROBLEM_RESPONSES,
+        dependencies=[Depends(require("write"))],
+    )
+    async def void_pending(
+        transfer_id: Annotated[UUID, Path()],
+        request: Request,
+        body: ResolvePendingRequest | None = None,
+        idempotency_key: IdemKey = None,
+    ) -> Response:
+        async def run() -> tuple[int, Any]:
+            return 200, await resolve(transfer_id, body or ResolvePendingRequest(), "void")
+
+        return await idempotent(request, idempotency_key, run)
+
+    @app.get(
+        "/v1/accounts/{account_id}",
+        response_model=AccountView,
+        responses={404: {"description": "no such account (problem+json)"}, **PROBLEM_RESPONSES},
+        dependencies=[Depends(require("read"))],
+    )
+    async def get_account(account_id: Annotated[UUID, Path()]) -> AccountView:
+        account = await node().read_account(account_id)
+        if account is None:
+            raise ApiProblem(404, "account_not_found", f"no account {account_id}")
+        return account_view(account)
+
+    @app.get(
+        "/v1/accounts/{account_id}/balance",
+        response_model=Balances,
+        responses={
+            404: {"description": "no such account"},
+            501: {"description": "no read model"},
+            **PROBLEM_RESPONSES,
+        },
+        dependencies=[Depends(require("read"))],
+    )
+    async def get_balance(
+        account_id: Annotated[UUID, Path()],
+        as_of: Annotated[int | None, Query(description="microseconds since the epoch")] = None,
+    ) -> Balances:
+        if as_of is not None:
+            if ctx.read_models is None:
+                raise ApiProblem(
+                    501,
+                    "read_model_not_available",
+                    "balance as of a time is served by the projections (ledger project); "
+                    "they are not enabled on this server",
+                )
+            result: Balances = await ctx.read_models.balance_as_of(account_id, as_of)
+            return result
+        account = await node().read_account(account_id)
+        if account is None:
+            raise ApiProblem(404, "account_not_found", f"no account {account_id}")
+        return account_view(account).balances
+
+    @app.get(
+        "/v1/accounts/{account_id}/entries",
+        responses={501: {"description": "no read model"}, **PROBLEM_RESPONSES},
+        dependencies=[Depends(require("read"))],
+    )
+    async def get_entries(
+        account_id: Annotated[UUID, Path()],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after_position: Annotated[int, Query(ge=0)] = 0,
+    ) -> Any:
+        if ctx.read_models is None:
+            raise ApiProblem(
+                501,
+                "read_model_not_available",
+                "account entries are served by the projections (ledger project); "
+                "they are not enabled on this server",
+            )
+        return await ctx.read_models.entries(account_id, limit, after_position)
+
+    @app.get(
+        "/v1/transfers/{transfer_id}",
+        response_model=TransferView,
+        responses={404: {"description": "no such transfer (problem+json)"}, **PROBLEM_RESPONSES},
+        dependencies=[Depends(require("read"))],
+    )
+    async def get_transfer(transfer_id: Annotated[UUID, Path()]) -> TransferView:
+        transfer = await node().read_transfer(transfer_id)
+        if transfer is None:
+            raise ApiProblem(404, "transfer_not_found", f"no transfer {transfer_id}")
+        return transfer_view(transfer)
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        return Health(status="ok")
+
+    @app.get("/ready", response_model=Health, responses={503: {"model": Health}})
+    async def ready() -> Response:
+        n = ctx.node
+        if n is None or not n.ready:
+            detail = "starting" if n is None else f"not ready: {n.failure or 'closing'}"
+            return ORJSONResponse(
+                Health(status="unavailable", detail=detail).model_dump(), status_code=503
+            )
+        try:
+            await asyncio.wait_for(asyncio.to_thread(n.store.head), timeout=2)
+        except Exception as exc:
+            return ORJSONResponse(
+                Health(status="unavailable", detail=f"PostgreSQL: {exc!r}").model_dump(),
+                status_code=503,
+            )
+        return ORJSONResponse(
+            Health(status="ready", position=n.position, queue_depth=n.queue_depth).model_dump()
+        )
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        if ctx.node is not None:
+            ctx.metrics.queue_depth.set(ctx.node.queue_depth)
+            ctx.metrics.position.set(ctx.node.position)
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _wire_node_metrics(ctx: ApiContext) -> None:
+    node = ctx.node
+    if node is None:
+        return
+    node.metrics.observe_batch_size = ctx.metrics.batch_commands.observe
+    node.recorder.observe_wal_s = ctx.metrics.wal_fsync_seconds.observe
+    node.recorder.observe_store_s = ctx.metrics.store_commit_seconds.observe
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)

@@ -1,0 +1,58 @@
+"""``ledger serve``: the API process (uvicorn), with embedded services when no URL is set."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from ledger.adapters.migrate import upgrade
+from ledger.api.app import ApiContext, create_app
+from ledger.api.auth import KeyStore
+from ledger.api.idempotency import IdempotencyStore
+from ledger.bootstrap import open_node
+from ledger.config import Settings
+from ledger.devservices import start_embedded_postgres
+from ledger.logs import configure_logging
+
+__all__ = ["build_context", "serve"]
+
+_log = logging.getLogger(__name__)
+
+
+def build_context(settings: Settings, database_url: str) -> ApiContext:
+    return ApiContext(
+        open_node=lambda: open_node(settings, database_url),
+        keys=KeyStore(database_url),
+        idempotency=IdempotencyStore(database_url, settings.book_id),
+        body_size_max_bytes=settings.http_body_size_max_bytes,
+    )
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
+    configure_logging(settings.log_level, settings.log_json)
+    url = settings.database_url
+    pg = None
+    if not url:
+        pg = start_embedded_postgres()
+        url = pg.url
+        upgrade(url)
+        _log.warning("no LEDGER_DATABASE_URL: using embedded PostgreSQL at %s (dev only)", url)
+        key, token = KeyStore(url).create("dev", "admin")
+        print(f"dev admin key {key.key_id}: {token}", flush=True)
+    ctx = build_context(settings, url)
+    app = create_app(ctx)
+    try:
+        uvicorn.run(
+            app,
+            host=host or settings.http_host,
+            port=port if port is not None else settings.http_port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    finally:
+        ctx.keys.close()
+        ctx.idempotency.close()
+        if pg is not None:
+            pg.close()
+    return 0
