@@ -26,7 +26,7 @@ def open_account_field_problem(command: OpenAccount) -> str | None:
 
 def decide_open_account(
     state: BookState, command: OpenAccount, now_us: int
-) -> list[Event] | Account:
+) -> tuple[Event, ...] | Account:
     """AccountOpened, or the existing account when the same id was opened with the same
     fields (``exists``); raises CommandRejected otherwise."""
     problem = open_account_field_problem(command)
@@ -61,7 +61,7 @@ def decide_open_account(
             "timestamp_us": now_us,
         },
     )
-    return [event]
+    return (event,)
 
 
 def _same_account(existing: Account, command: OpenAccount) -> Account:
@@ -82,7 +82,7 @@ def _same_account(existing: Account, command: OpenAccount) -> Account:
 
 def decide_close_account(
     state: BookState, command: CloseAccount, now_us: int
-) -> list[Event] | Account:
+) -> tuple[Event, ...] | Account:
     """AccountClosed, or the account itself when it is already closed (``exists``)."""
     if command.id.int == 0:
         raise CommandRejected(_R.id_must_not_be_zero, "account id is the nil UUID")
@@ -101,4 +101,4 @@ def decide_close_account(
             "account_after": account.balances(),
         },
     )
-    return [event]
+    return (event,)

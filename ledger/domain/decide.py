@@ -65,7 +65,7 @@ class CommandOutcome(NamedTuple):
     record: Account | Transfer | None
 
 
-Decided = list[Event] | Account | Transfer
+Decided = tuple[Event, ...] | Account | Transfer
 """Events to apply, or the stored record that an identical resubmission found."""
 
 _DECIDERS: Final[dict[type[Any], Callable[[BookState, Any, int], Decided]]] = {
@@ -83,7 +83,7 @@ def decide(state: BookState, command: Command, now_us: int) -> list[Event]:
     ``exists``). Does not change ``state``.
     """
     decided = _DECIDERS[type(command)](state, command, now_us)
-    return decided if isinstance(decided, list) else []
+    return list(decided) if isinstance(decided, tuple) else []
 
 
 # --- the batch ----------------------------------------------------------------------
@@ -102,29 +102,39 @@ def decide_batch(
     for index, command in enumerate(commands):
         if index < chain_end:
             continue
-        if command.linked:
+        decide_and_apply: Callable[[BookState, Any, int], Decided]
+        if type(command) is CreateTransfer:  # first, and without the property: most common
+            if command.flags.linked:
+                chain_end = _decide_chain(state, commands, index, now_us, outcomes)
+                continue
+            decide_and_apply = _CREATE_TRANSFER
+        elif command.linked:
             chain_end = _decide_chain(state, commands, index, now_us, outcomes)
             continue
-        decided: Decided
+        else:
+            decide_and_apply = _decide_and_apply
         try:
-            if type(command) is CreateTransfer:
-                decided = create_transfer(state, command, now_us, True)
-            else:
-                decided = _DECIDERS[type(command)](state, command, now_us)
-                if isinstance(decided, list):
-                    for event in decided:
-                        EVOLVERS[event.type](state, event)
+            decided = decide_and_apply(state, command, now_us)
         except CommandRejected as rejection:
             append(_new_outcome(CommandOutcome, _rejected(rejection)))
             continue
-        if isinstance(decided, list):
-            append(_new_outcome(CommandOutcome, ("created", None, None, tuple(decided), None)))
+        if isinstance(decided, tuple):
+            append(_new_outcome(CommandOutcome, ("created", None, None, decided, None)))
         else:
             append(CommandOutcome("exists", None, None, (), decided.copy()))
     return outcomes
 
 
 _new_outcome = tuple.__new__
+_CREATE_TRANSFER: Final[Callable[[BookState, Any, int], Decided]] = create_transfer
+
+
+def _decide_and_apply(state: BookState, command: Command, now_us: int) -> Decided:
+    decided = _DECIDERS[type(command)](state, command, now_us)
+    if isinstance(decided, tuple):
+        for event in decided:
+            EVOLVERS[event.type](state, event)
+    return decided
 
 
 def _rejected(rejection: CommandRejected) -> tuple[str, RejectionCode, str, tuple[()], None]:
@@ -193,7 +203,7 @@ def _decide_chain(
         except CommandRejected as rejection:
             failure = (index, rejection)
             break
-        if isinstance(decided, list):
+        if isinstance(decided, tuple):
             for event in decided:
                 undo.save(event)
                 EVOLVERS[event.type](state, event)
@@ -207,8 +217,8 @@ def _decide_chain(
 
 
 def _accepted(decided: Decided) -> CommandOutcome:
-    if isinstance(decided, list):
-        return CommandOutcome("created", None, None, tuple(decided), None)
+    if isinstance(decided, tuple):
+        return CommandOutcome("created", None, None, decided, None)
     return CommandOutcome("exists", None, None, (), decided.copy())
 
 

@@ -276,8 +276,12 @@ CURRENT_SCHEMA_VERSIONS: Final[dict[str, int]] = {name: 1 for name in EVENT_TYPE
 E = TypeVar("E", bound=Event)
 
 _new = object.__new__
-_set = object.__setattr__
-_FIELDS_SET: Final[dict[type[Event], frozenset[str]]] = {
+# The slot descriptors of BaseModel, called directly: a third faster than __setattr__.
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+FIELDS_SET: Final[dict[type[Event], frozenset[str]]] = {
     cls: frozenset(cls.model_fields) for cls in EVENT_TYPES.values()
 }
 
@@ -291,10 +295,10 @@ def trusted(cls: type[E], values: dict[str, Any]) -> E:
     cannot drift from the schema unnoticed.
     """
     event = _new(cls)
-    _set(event, "__dict__", values)
-    _set(event, "__pydantic_fields_set__", _FIELDS_SET[cls])
-    _set(event, "__pydantic_extra__", None)
-    _set(event, "__pydantic_private__", None)
+    _set_dict(event, values)
+    _set_fields_set(event, FIELDS_SET[cls])
+    _set_extra(event, None)
+    _set_private(event, None)
     return event
 
 

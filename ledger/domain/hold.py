@@ -44,7 +44,9 @@ _ENDED: Final = {
 }
 
 
-def decide_post_or_void(state: BookState, command: CreateTransfer, now_us: int) -> list[Event]:
+def decide_post_or_void(
+    state: BookState, command: CreateTransfer, now_us: int
+) -> tuple[Event, ...]:
     """PendingTransferPosted or PendingTransferVoided; raises CommandRejected.
 
     The caller has checked the fields, the id, idempotency and that exactly one of
@@ -73,7 +75,7 @@ def decide_post_or_void(state: BookState, command: CreateTransfer, now_us: int) 
     credit = _account_of(state, pending, pending.credit_account_id)
     if post:
         _check_can_post(debit, credit, amount)
-    return [_resolved(command, pending, debit, credit, amount, post, now_us)]
+    return (_resolved(command, pending, debit, credit, amount, post, now_us),)
 
 
 def _find_pending(state: BookState, command: CreateTransfer, now_us: int) -> Transfer:
@@ -223,7 +225,7 @@ def _resolved(
 
 def decide_expire_pending_transfers(
     state: BookState, command: ExpirePendingTransfers, now_us: int
-) -> list[Event]:
+) -> tuple[Event, ...]:
     """One PendingTransferExpired per pending transfer due at ``command.now_us``, earliest
     deadline first (possibly none). ``now_us`` (the batch time) is not used: the command
     carries its own time."""
@@ -235,7 +237,7 @@ def decide_expire_pending_transfers(
         raise CommandRejected(
             _R.invalid_field, f"at $.limit: must be in 1..{EXPIRE_BATCH_MAX}, not {command.limit}"
         )
-    return list(_expirations(state, command.now_us, command.limit))
+    return tuple(_expirations(state, command.now_us, command.limit))
 
 
 def _expirations(state: BookState, now_us: int, limit: int) -> Iterator[Event]:

@@ -14,8 +14,8 @@ from typing import Final
 
 from ledger.domain.commands import CreateTransfer
 from ledger.domain.errors import CommandRejected, RejectionCode
-from ledger.domain.events import Event, TransferCreated
-from ledger.domain.evolve import EVOLVERS, transfer_of_created
+from ledger.domain.events import Event, TransferCreated, trusted
+from ledger.domain.evolve import EVOLVERS
 from ledger.domain.hold import decide_post_or_void
 from ledger.domain.money import (
     AMOUNT_MAX,
@@ -26,16 +26,15 @@ from ledger.domain.money import (
     is_valid_ledger,
     metadata_problem,
 )
-from ledger.domain.state import Account, BookState, Transfer
+from ledger.domain.state import Account, BookState, PendingStatus, Transfer
 
 __all__ = ["create_transfer", "decide_create_transfer", "same_transfer", "transfer_field_problem"]
 
 _R = RejectionCode
 _new_balances = tuple.__new__
 _B: Final = AccountBalances
-_new_event = object.__new__
-_set = object.__setattr__
-_CREATED_FIELDS: Final = frozenset(TransferCreated.model_fields)
+_PENDING: Final = PendingStatus.pending
+_NONE: Final = PendingStatus.none
 
 
 def transfer_field_problem(command: CreateTransfer) -> str | None:
@@ -53,15 +52,15 @@ def transfer_field_problem(command: CreateTransfer) -> str | None:
 
 def decide_create_transfer(
     state: BookState, command: CreateTransfer, now_us: int
-) -> list[Event] | Transfer:
+) -> tuple[Event, ...] | Transfer:
     """The events of any CreateTransfer, or the stored transfer for an identical
     resubmission (``exists``); raises CommandRejected. Does not change ``state``."""
     return create_transfer(state, command, now_us, False)
 
 
 def create_transfer(
-    state: BookState, command: CreateTransfer, now_us: int, apply: bool
-) -> list[Event] | Transfer:
+    state: BookState, command: CreateTransfer, now_us: int, apply: bool = True
+) -> tuple[Event, ...] | Transfer:
     """Decide a CreateTransfer and, if ``apply`` and it is accepted, apply its events.
 
     With ``apply`` this is ``decide`` followed by ``evolve``, fused for the batch path:
@@ -95,7 +94,7 @@ def create_transfer(
             for event in events:
                 EVOLVERS[event.type](state, event)
         return events
-    return [_single_phase_or_pending(state, command, now_us, apply)]
+    return (_single_phase_or_pending(state, command, now_us, apply),)
 
 
 def _single_phase_or_pending(
@@ -230,10 +229,8 @@ def _transfer_created(
         d_posted += amount
         c_posted += amount
     metadata = command.metadata
-    event = _new_event(TransferCreated)
-    _set(
-        event,
-        "__dict__",
+    event = trusted(
+        TransferCreated,
         {
             "type": "TransferCreated",
             "schema_version": 1,
@@ -256,16 +253,28 @@ def _transfer_created(
             ),
         },
     )
-    _set(event, "__pydantic_fields_set__", _CREATED_FIELDS)
-    _set(event, "__pydantic_extra__", None)
-    _set(event, "__pydantic_private__", None)
     if apply:
         debit.debits_pending = d_pending
         debit.debits_posted = d_posted
         credit.credits_pending = c_pending
         credit.credits_posted = c_posted
-        transfer = transfer_of_created(event)
-        state.transfers[transfer.id] = transfer
+        # The same record as evolve's transfer_of_created(event), built from locals.
+        transfer = Transfer(
+            command.id,
+            debit.id,
+            credit.id,
+            amount,
+            command.ledger,
+            command.code,
+            command.flags,
+            None,
+            command.timeout_s,
+            event.metadata,
+            now_us,
+            expires_at_us,
+            _PENDING if pending else _NONE,
+        )
+        state.transfers[command.id] = transfer
         if expires_at_us is not None:
             state.index_expiry(transfer)
     return event
