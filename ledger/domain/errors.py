@@ -109,7 +109,10 @@ REJECTION_RULES: dict[RejectionCode, tuple[str, str]] = {
         "code above 65 535, malformed ledger code, oversize metadata); the detail says "
         "where (`at $.amount_minor: ...`)",
     ),
-    _R.id_must_not_be_zero: ("all", "the id is the nil UUID"),
+    _R.id_must_not_be_zero: (
+        "OpenAccount, CloseAccount, CreateTransfer",
+        "the id is the nil UUID",
+    ),
     _R.id_already_used_with_different_fields: (
         "OpenAccount, CreateTransfer",
         "the id is taken by an account or transfer whose fields differ (the detail names "

@@ -281,8 +281,11 @@ _set_dict = BaseModel.__dict__["__dict__"].__set__
 _set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
 _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
-FIELDS_SET: Final[dict[type[Event], frozenset[str]]] = {
-    cls: frozenset(cls.model_fields) for cls in EVENT_TYPES.values()
+# One shared, complete fields-set per class. It is a set (not a frozenset) because
+# ``model_copy(update=...)`` copies it and then updates the copy; pydantic never mutates it
+# in place on a frozen model, and nothing here does.
+FIELDS_SET: Final[dict[type[Event], set[str]]] = {
+    cls: set(cls.model_fields) for cls in EVENT_TYPES.values()
 }
 
 
@@ -557,6 +560,7 @@ def event_from_data(
         values = _FROM_DATA[type_](data)
     except (KeyError, TypeError, ValueError) as error:
         raise InvariantViolated(f"{type_} v{schema_version}: bad data: {error!r}") from error
+    values["schema_version"] = current
     return trusted(EVENT_TYPES[type_], values)
 
 

@@ -110,21 +110,21 @@ class Account:
         try:
             flags = data["flags"]
             account = cls(
-                id=UUID(data["id"]),
-                ledger=_str(data["ledger"]),
-                scale=_int(data["scale"], 0, SCALE_MAX),
-                code=_int(data["code"], 1, CODE_MAX),
+                id=_uuid(data, "id"),
+                ledger=_str(data, "ledger"),
+                scale=_int(data, "scale", 0, SCALE_MAX),
+                code=_int(data, "code", 1, CODE_MAX),
                 flags=AccountFlags(
-                    debits_must_not_exceed_credits=_bool(flags["debits_must_not_exceed_credits"]),
-                    credits_must_not_exceed_debits=_bool(flags["credits_must_not_exceed_debits"]),
+                    debits_must_not_exceed_credits=_bool(flags, "debits_must_not_exceed_credits"),
+                    credits_must_not_exceed_debits=_bool(flags, "credits_must_not_exceed_debits"),
                 ),
                 metadata=_metadata(data["metadata"]),
-                timestamp_us=_int(data["timestamp_us"], 0, TIMESTAMP_MAX_US),
-                closed=_bool(data["closed"]),
-                debits_pending=_int(data["debits_pending"], 0, AMOUNT_MAX),
-                debits_posted=_int(data["debits_posted"], 0, AMOUNT_MAX),
-                credits_pending=_int(data["credits_pending"], 0, AMOUNT_MAX),
-                credits_posted=_int(data["credits_posted"], 0, AMOUNT_MAX),
+                timestamp_us=_int(data, "timestamp_us", 0, TIMESTAMP_MAX_US),
+                closed=_bool(data, "closed"),
+                debits_pending=_int(data, "debits_pending", 0, AMOUNT_MAX),
+                debits_posted=_int(data, "debits_posted", 0, AMOUNT_MAX),
+                credits_pending=_int(data, "credits_pending", 0, AMOUNT_MAX),
+                credits_posted=_int(data, "credits_posted", 0, AMOUNT_MAX),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise InvariantViolated(f"{where}: {error!r}") from error
@@ -232,27 +232,29 @@ class Transfer:
             pending_id = data["pending_id"]
             expires_at_us = data["expires_at_us"]
             transfer = cls(
-                id=UUID(data["id"]),
-                debit_account_id=UUID(data["debit_account_id"]),
-                credit_account_id=UUID(data["credit_account_id"]),
-                amount_minor=_int(data["amount_minor"], 1, AMOUNT_MAX),
-                ledger=_str(data["ledger"]),
-                code=_int(data["code"], 1, CODE_MAX),
+                id=_uuid(data, "id"),
+                debit_account_id=_uuid(data, "debit_account_id"),
+                credit_account_id=_uuid(data, "credit_account_id"),
+                amount_minor=_int(data, "amount_minor", 1, AMOUNT_MAX),
+                ledger=_str(data, "ledger"),
+                code=_int(data, "code", 1, CODE_MAX),
                 flags=TransferFlags(
-                    linked=_bool(flags["linked"]),
-                    pending=_bool(flags["pending"]),
-                    post_pending_transfer=_bool(flags["post_pending_transfer"]),
-                    void_pending_transfer=_bool(flags["void_pending_transfer"]),
+                    linked=_bool(flags, "linked"),
+                    pending=_bool(flags, "pending"),
+                    post_pending_transfer=_bool(flags, "post_pending_transfer"),
+                    void_pending_transfer=_bool(flags, "void_pending_transfer"),
                 ),
-                pending_id=None if pending_id is None else UUID(pending_id),
-                timeout_s=_int(data["timeout_s"], 0, TIMESTAMP_MAX_US),
+                pending_id=None if pending_id is None else _uuid(data, "pending_id"),
+                timeout_s=_int(data, "timeout_s", 0, TIMESTAMP_MAX_US),
                 metadata=_metadata(data["metadata"]),
-                timestamp_us=_int(data["timestamp_us"], 0, TIMESTAMP_MAX_US),
+                timestamp_us=_int(data, "timestamp_us", 0, TIMESTAMP_MAX_US),
                 expires_at_us=(
-                    None if expires_at_us is None else _int(expires_at_us, 0, TIMESTAMP_MAX_US)
+                    None
+                    if expires_at_us is None
+                    else _int(data, "expires_at_us", 0, TIMESTAMP_MAX_US)
                 ),
                 pending_status=PendingStatus(data["pending_status"]),
-                amount_posted_minor=_int(data["amount_posted_minor"], 0, AMOUNT_MAX),
+                amount_posted_minor=_int(data, "amount_posted_minor", 0, AMOUNT_MAX),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise InvariantViolated(f"{where}: {error!r}") from error
@@ -290,22 +292,32 @@ def _transfer_problem(t: Transfer) -> str | None:
     return None
 
 
-def _int(value: Any, low: int, high: int) -> int:
+def _int(data: Mapping[str, Any], name: str, low: int, high: int) -> int:
+    value = data[name]
     if type(value) is not int or not low <= value <= high:
-        raise ValueError(f"{value!r} is not an int in {low}..{high}")
+        raise ValueError(f"{name} {value!r} is not an int in {low}..{high}")
     return value
 
 
-def _bool(value: Any) -> bool:
+def _bool(data: Mapping[str, Any], name: str) -> bool:
+    value = data[name]
     if type(value) is not bool:
-        raise TypeError(f"{value!r} is not a bool")
+        raise TypeError(f"{name} {value!r} is not a bool")
     return value
 
 
-def _str(value: Any) -> str:
+def _str(data: Mapping[str, Any], name: str) -> str:
+    value = data[name]
     if type(value) is not str:
-        raise TypeError(f"{value!r} is not a string")
+        raise TypeError(f"{name} {value!r} is not a string")
     return value
+
+
+def _uuid(data: Mapping[str, Any], name: str) -> UUID:
+    try:
+        return UUID(_str(data, name))
+    except ValueError as error:
+        raise ValueError(f"{name} {data[name]!r} is not a UUID") from error
 
 
 def _metadata(value: Any) -> dict[str, str]:
