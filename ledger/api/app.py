@@ -21,7 +21,6 @@ from uuid import UUID
 import orjson
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -61,6 +60,15 @@ class ApiContext:
     node: LedgerNode | None = None
     close_node_on_shutdown: bool = True
     read_models: Any = None
+
+
+class JsonResponse(Response):
+    """A JSON response serialised with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 # -- wire models ------------------------------------------------------------------------
@@ -145,6 +153,8 @@ class Health(BaseModel):
     queue_depth: int | None = None
     detail: str | None = None
 
+
+IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid API key (problem+json)"},
@@ -264,7 +274,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="eventledger",
         version="0.1.0",
         description="Event-sourced double-entry ledger: accounts, transfers, pending transfers.",
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
     )
     app.add_exception_handler(ApiProblem, handle_problem)
@@ -349,7 +358,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     ) -> Response:
         if key is None:
             status, body = await run()
-            return ORJSONResponse(body, status_code=status)
+            return JsonResponse(body, status_code=status)
         if not key or len(key) > KEY_LENGTH_MAX:
             raise ApiProblem(
                 422, "invalid_idempotency_key", f"Idempotency-Key must be 1..{KEY_LENGTH_MAX} chars"
@@ -363,12 +372,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
                     "idempotency_key_reused",
                     f"Idempotency-Key {key!r} was used with a different request",
                 )
-            response = ORJSONResponse(stored.body, status_code=stored.status_code)
+            response = JsonResponse(stored.body, status_code=stored.status_code)
             response.headers["idempotent-replayed"] = "true"
             return response
         status, body = await run()
         await asyncio.to_thread(ctx.idempotency.put, key, digest, status, body)
-        return ORJSONResponse(body, status_code=status)
+        return JsonResponse(body, status_code=status)
 
     def results(ids: list[UUID | None], outcomes: list[domain.CommandOutcome]) -> dict[str, Any]:
         out = []
@@ -383,8 +392,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 r["detail"] = o.detail
             out.append(r)
         return {"results": out}
-
-    IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
     @app.post(
         "/v1/accounts",
@@ -548,17 +555,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
         n = ctx.node
         if n is None or not n.ready:
             detail = "starting" if n is None else f"not ready: {n.failure or 'closing'}"
-            return ORJSONResponse(
+            return JsonResponse(
                 Health(status="unavailable", detail=detail).model_dump(), status_code=503
             )
         try:
             await asyncio.wait_for(asyncio.to_thread(n.store.head), timeout=2)
         except Exception as exc:
-            return ORJSONResponse(
+            return JsonResponse(
                 Health(status="unavailable", detail=f"PostgreSQL: {exc!r}").model_dump(),
                 status_code=503,
             )
-        return ORJSONResponse(
+        return JsonResponse(
             Health(status="ready", position=n.position, queue_depth=n.queue_depth).model_dump()
         )
 
@@ -579,7 +586,3 @@ def _wire_node_metrics(ctx: ApiContext) -> None:
     node.metrics.observe_batch_size = ctx.metrics.batch_commands.observe
     node.recorder.observe_wal_s = ctx.metrics.wal_fsync_seconds.observe
     node.recorder.observe_store_s = ctx.metrics.store_commit_seconds.observe
-
-
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)

@@ -1,0 +1,74 @@
+"""A live API server (uvicorn on a free loopback port) over real PostgreSQL and a real WAL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from ledger.api.app import ApiContext, create_app
+from ledger.api.auth import KeyStore
+from ledger.api.idempotency import IdempotencyStore
+from ledger.bootstrap import open_node
+from ledger.config import load_settings
+from ledger.devservices import free_port
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    ctx: ApiContext
+    tokens: dict[str, str]
+    key_ids: dict[str, str]
+    database_url: str
+
+    def client(self, scope: str = "admin") -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {self.tokens[scope]}"},
+            timeout=30,
+        )
+
+
+def start_server(database_url: str, wal_dir: Path, **settings: object) -> Iterator[LiveServer]:
+    config = load_settings(wal_dir=wal_dir, book_id="api", **settings)
+    keys = KeyStore(database_url, cache_ttl_s=0)
+    tokens, key_ids = {}, {}
+    for scope in ("read", "write", "admin"):
+        key, token = keys.create(f"test-{scope}", scope)
+        tokens[scope], key_ids[scope] = token, key.key_id
+    ctx = ApiContext(
+        open_node=lambda: open_node(config, database_url),
+        keys=keys,
+        idempotency=IdempotencyStore(database_url, config.book_id),
+        body_size_max_bytes=config.http_body_size_max_bytes,
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("API server did not start")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", ctx, tokens, key_ids, database_url)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        keys.close()
+        ctx.idempotency.close()
+
+
+@pytest.fixture
+def live(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    yield from start_server(database_url, tmp_path / "wal", http_body_size_max_bytes=256 * 1024)
