@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+import projections.tables  # noqa: F401  (the read-model tables join the metadata)
 from ledger.adapters.tables import metadata
 
 target_metadata = metadata

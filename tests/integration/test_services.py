@@ -120,6 +120,7 @@ def test_migrations_match_the_code_tables(empty_database_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
+    import projections.tables  # noqa: F401  (adds the read-model tables to the metadata)
     from ledger.adapters.tables import metadata
 
     upgrade(empty_database_url)
