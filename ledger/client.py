@@ -220,7 +220,7 @@ class _Retry:
         self.backoff_max_s = backoff_max_s
 
     def delay_s(self, attempt: int, response: httpx.Response | None) -> float:
-        base = min(self.backoff_s * (2**attempt), self.backoff_max_s)
+        base = min(self.backoff_s * (1 << min(attempt, 30)), self.backoff_max_s)
         delay = base * (0.5 + random.random() / 2)
         if response is not None:
             header = response.headers.get("retry-after")
