@@ -111,6 +111,7 @@ __all__ = [
     "WalLocked",
     "WalSummary",
     "WalWriteFailed",
+    "is_open_for_writing",
     "open_wal",
     "read_wal",
     "segment_paths",
@@ -1077,6 +1078,28 @@ def _lock_directory(directory: Path) -> int:
             raise WalLocked(f"WAL directory {directory} is open in another FileWal") from None
         raise
     return fd
+
+
+def is_open_for_writing(directory: Path) -> bool:
+    """Whether a :class:`FileWal` (in any process) has ``directory`` open right now.
+
+    A read-only check (``ledger wal verify``) of a live log may find the batch being
+    written as an unfinished tail; this tells it so. Probes the writer's lock without
+    waiting and without creating anything.
+    """
+    try:
+        fd = os.open(Path(directory) / _LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)  # also releases the shared lock, if it was granted
+    return False
 
 
 def _remove_temporaries(directory: Path) -> None:

@@ -30,7 +30,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ledger.adapters.wal import WalCorruption, read_wal, segment_paths, verify_wal
+from ledger.adapters.wal import (
+    TornTail,
+    WalCorruption,
+    is_open_for_writing,
+    read_wal,
+    segment_paths,
+    verify_wal,
+)
 
 __all__ = ["PROGRESS_MIN_BYTES", "dump_command", "verify_command"]
 
@@ -62,7 +69,9 @@ def verify_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"ledger wal verify: cannot read {directory}: {exc}", EXIT_FINDING)
     torn = summary.torn_tail
-    if torn is not None:
+    if torn is not None and _in_flight(directory, torn):
+        print(_in_flight_note("verify", directory, torn), file=sys.stderr)
+    elif torn is not None:
         return _fail(
             f"ledger wal verify: {_where(directory, torn.segment)} at byte {torn.offset}: "
             f"torn tail: {torn.reason}; opening the log would move {torn.bytes_removed} bytes "
@@ -99,8 +108,10 @@ def dump_command(args: argparse.Namespace) -> int:
         with _progress("checking", _size_bytes(directory), bytes_=True, enabled=enabled) as a:
             summary = verify_wal(directory, progress=a)
         readable = summary.last_position
-        if summary.torn_tail is not None:
-            torn = summary.torn_tail
+        torn = summary.torn_tail
+        if torn is not None and _in_flight(directory, torn):
+            print(_in_flight_note("dump", directory, torn), file=sys.stderr)
+        elif torn is not None:
             finding = (
                 f"ledger wal dump: {_where(directory, torn.segment)} at byte {torn.offset}: "
                 f"torn tail: {torn.reason}"
@@ -144,6 +155,19 @@ def _write_records(directory: Path, first: int, end: int, progress_enabled: bool
         if lines:
             out.write(b"\n".join(lines) + b"\n")
         out.flush()
+
+
+def _in_flight(directory: Path, torn: TornTail) -> bool:
+    """A torn tail while a writer has the log open is the batch it is writing (opening
+    the log removed any earlier torn tail), not damage: left unchecked, not reported."""
+    return is_open_for_writing(directory)
+
+
+def _in_flight_note(command: str, directory: Path, torn: TornTail) -> str:
+    return (
+        f"ledger wal {command}: note: the log is open for writing; the batch being written "
+        f"at {_where(directory, torn.segment)} byte {torn.offset} was not checked"
+    )
 
 
 def _binary_stdout() -> BinaryIO:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from ledger.adapters import wal_cli
+from ledger.adapters.wal import is_open_for_writing, open_wal
 from ledger.cli import main
 
-from .support import flip_bit, frames, segments, write_log
+from .support import flip_bit, frames, make_records, segments, write_log
 
 
 def test_verify_prints_a_summary_and_exits_0_on_an_intact_log(
@@ -166,3 +167,27 @@ def test_the_installed_ledger_command_verifies_and_dumps(tmp_path: Path) -> None
     )
     assert dumped.returncode == 0, dumped.stderr
     assert [json.loads(line)["position"] for line in dumped.stdout.splitlines()] == [5, 6]
+
+
+def test_verify_of_a_log_being_written_leaves_the_batch_in_flight_unchecked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node holds the log open while an auditor verifies it: the batch it is writing
+    (here: half-written) is not reported as damage."""
+    records = write_log(tmp_path, [2, 3])
+    wal, _ = open_wal(tmp_path)
+    (segment,) = segments(tmp_path)
+    in_flight = make_records(6, records[-1].hash, 4)
+    wal.append_batch(in_flight)
+    segment.write_bytes(segment.read_bytes()[: frames(segment)[-2].offset + 30])
+    try:
+        assert is_open_for_writing(tmp_path)
+        assert main(["wal", "verify", str(tmp_path)]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("ok: 1 segment, 5 records, last position 5, ")
+        assert "the log is open for writing; the batch being written at " in err
+    finally:
+        wal.close()
+    assert not is_open_for_writing(tmp_path)
+    assert main(["wal", "verify", str(tmp_path)]) == 1
+    assert "torn tail" in capsys.readouterr().err

@@ -7,6 +7,8 @@ read them. Method: parse real segment files with the independent parser in ``sup
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import struct
 import zlib
 from pathlib import Path
@@ -99,3 +101,26 @@ def test_each_record_names_the_batch_it_was_appended_in(tmp_path: Path) -> None:
 def test_rejects_a_segment_size_below_the_minimum(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="segment_size_bytes"):
         open_wal(tmp_path, segment_size_bytes=1024)
+
+
+@pytest.mark.parametrize("module_name", ["ledger.adapters.wal", "ledger.adapters.wal_cli"])
+def test_the_public_names_are_exactly_those_listed_and_documented(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    public = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and getattr(value, "__module__", module_name) == module_name
+        and (inspect.isclass(value) or inspect.isfunction(value))
+    }
+    assert public <= set(module.__all__)
+    for name in module.__all__:
+        value = getattr(module, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert value.__doc__, f"{name} has no docstring"
+
+
+def test_the_required_names_import() -> None:
+    from ledger.adapters.wal import FileWal, TornTailReport, WalCorruption, open_wal
+
+    assert all((FileWal, TornTailReport, WalCorruption, open_wal))
