@@ -26,33 +26,43 @@ def not_a_server_error(ctx: object, response: schemathesis.Response, case: objec
     )
 
 
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def fuzz_operation(
+    operation: schemathesis.APIOperation, base_url: str, headers: dict[str, str]
+) -> list[int]:
+    """Run the bounded examples of one operation; return the status codes seen."""
+    calls: list[int] = []
+
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case: schemathesis.Case) -> None:
+        response = case.call(base_url=base_url, headers=headers)
+        calls.append(response.status_code)
+        case.validate_response(response, checks=CHECKS)
+
+    run()
+    return calls
+
+
 def test_api_never_fails_and_conforms_to_its_schema(live: LiveServer) -> None:
     schema = schemathesis.openapi.from_url(live.base_url + "/openapi.json")
     headers = {"Authorization": f"Bearer {live.tokens['admin']}"}
-    checks = [
-        not_a_server_error,
-        status_code_conformance,
-        content_type_conformance,
-        response_schema_conformance,
-    ]
     tested = []
     for result in schema.get_all_operations():
         operation = result.ok()
-        calls = []
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=EXAMPLES_PER_OPERATION,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        def run(case: schemathesis.Case) -> None:
-            response = case.call(base_url=live.base_url, headers=headers)
-            calls.append(response.status_code)
-            case.validate_response(response, checks=checks)
-
-        run()
+        calls = fuzz_operation(operation, live.base_url, headers)
         assert calls, f"{operation.label}: no request was made"
         tested.append(operation.label)
     assert len(tested) >= 11, tested
