@@ -50,9 +50,11 @@ On-disk format (version 1), little-endian integers::
             32s  hash = sha256(prev_hash || canonical bytes)
 
 The stored canonical bytes are exactly the bytes that were hashed, so a reader verifies
-the chain with one ``sha256`` per record and never re-serialises JSON; ``read`` decodes
-the JSON into :class:`EventRecord` and cross-checks the envelope's position and
-``prev_hash`` against the frame and the chain.
+the chain with one ``sha256`` per record and never re-serialises JSON: that is all
+:func:`verify_wal` (``ledger wal verify``) does per record, besides the CRC, positions and
+batch fields. ``read`` also decodes the JSON into :class:`EventRecord` and cross-checks
+the envelope's position and ``prev_hash`` against the frame and the chain. The padding
+sits inside the checksummed payload, so every byte of a record is covered by its CRC.
 
 Exceptions::
 
@@ -1265,7 +1267,6 @@ class FileWal:
         self._failure: WalFailed | None = None
         self._spare: Path | None = None
         self._spare_thread: threading.Thread | None = None
-        self._spare_error: BaseException | None = None
         self.recovery_report = recovery_report
         """The torn tail that :func:`open_wal` moved aside, or ``None``."""
 
@@ -1385,14 +1386,15 @@ class FileWal:
     # -- preallocation, off the hot path --
 
     def _start_spare(self) -> None:
-        self._spare_error = None
         self._spare_thread = threading.Thread(
             target=self._prepare_spare, name="wal-preallocate", daemon=True
         )
         self._spare_thread.start()
 
     def _prepare_spare(self) -> None:
-        """Runs on the preallocation thread; touches nothing but the spare file."""
+        """Runs on the preallocation thread; touches nothing but the spare file. If it
+        fails (say, the disk is full), rotation preallocates inline and reports any error
+        itself."""
         path = self._directory / _SPARE_NAME
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
@@ -1401,8 +1403,9 @@ class FileWal:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except BaseException as exc:  # reported to the writer, which then works without
-            self._spare_error = exc
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             return
         self._spare = path
 
