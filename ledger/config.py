@@ -37,6 +37,17 @@ class Settings(BaseSettings):
     kafka_idempotence: bool = Field(
         default=False, description="Producer idempotence: on for Apache Kafka, off for Tansu."
     )
+    kafka_partitions: int = Field(default=6, ge=1, le=1000)
+    kafka_isolation_level: str = Field(
+        default="read_uncommitted",
+        pattern=r"^(read_committed|read_uncommitted)$",
+        description="Consumer isolation level; Tansu supports only read_uncommitted.",
+    )
+    relay_poll_interval_ms: int = Field(default=50, ge=1, le=60_000)
+    relay_batch_size_max: int = Field(default=5000, ge=1, le=1_000_000)
+    projection_group: str = Field(default="ledger-projections", min_length=1)
+    projection_batch_size_max: int = Field(default=5000, ge=1, le=1_000_000)
+    projection_catchup_interval_ms: int = Field(default=2000, ge=10)
     book_id: str = Field(default="main", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     wal_dir: Path = Field(default=Path("var/wal"))
     wal_segment_size_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=1 << 34)

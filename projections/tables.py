@@ -124,7 +124,12 @@ trial_balances = Table(
     PrimaryKeyConstraint("book_id", "ledger", name="pk_trial_balances"),
 )
 
-READ_MODEL_TABLES: tuple[Table, ...] = (account_balances, account_entries, transfers, trial_balances)
+READ_MODEL_TABLES: tuple[Table, ...] = (
+    account_balances,
+    account_entries,
+    transfers,
+    trial_balances,
+)
 
 
 def shadow_names(table: Table) -> dict[str, str]:
