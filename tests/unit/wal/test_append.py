@@ -23,7 +23,7 @@ from ledger.adapters.wal import (
     open_wal,
     verify_wal,
 )
-from ledger.application.records import GENESIS_HASH, ChainBroken, verify_chain
+from ledger.application.records import GENESIS_HASH, ChainBroken, EventRecord, verify_chain
 
 from .support import edited, frames, make_records, segments, write_log
 
@@ -43,7 +43,7 @@ def test_a_batch_is_written_with_one_fdatasync(
 ) -> None:
     wal, _ = open_wal(tmp_path)
     datasyncs = Calls(os.fdatasync)
-    monkeypatch.setattr(wal_module.os, "fdatasync", datasyncs)
+    monkeypatch.setattr(os, "fdatasync", datasyncs)
     wal.append_batch(make_records(1, GENESIS_HASH, 100))
     assert datasyncs.count == 1
     wal.append_batch(make_records(101, wal.last_hash, 1))
@@ -56,7 +56,7 @@ def test_an_empty_batch_writes_and_syncs_nothing(
 ) -> None:
     wal, _ = open_wal(tmp_path)
     datasyncs = Calls(os.fdatasync)
-    monkeypatch.setattr(wal_module.os, "fdatasync", datasyncs)
+    monkeypatch.setattr(os, "fdatasync", datasyncs)
     wal.append_batch([])
     assert datasyncs.count == 0
     assert (tmp_path / "00000000000000000001.wal").stat().st_size == HEADER_BYTES
@@ -70,7 +70,7 @@ def test_rotation_fsyncs_the_new_segment_and_the_directory(
     while len(wal.segments()) == 1:
         before = wal.last_position
         fsyncs = Calls(os.fsync)
-        monkeypatch.setattr(wal_module.os, "fsync", fsyncs)
+        monkeypatch.setattr(os, "fsync", fsyncs)
         wal.append_batch(make_records(before + 1, wal.last_hash, 2))
     assert fsyncs.count == 2  # the new segment file, then the directory
     wal.close()
@@ -94,7 +94,7 @@ def test_a_batch_larger_than_the_limit_gets_a_segment_of_its_own(tmp_path: Path)
 
 
 def test_reopening_continues_the_chain_across_many_segments(tmp_path: Path) -> None:
-    appended = []
+    appended: list[EventRecord] = []
     for round_ in range(6):
         wal, report = open_wal(tmp_path, segment_size_bytes=4096)
         assert report is None
@@ -125,7 +125,7 @@ def test_an_fsync_error_is_fatal_and_never_retried(
     def failing(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(wal_module.os, "fdatasync", failing)
+    monkeypatch.setattr(os, "fdatasync", failing)
     with pytest.raises(WalFsyncFailed, match="fdatasync"):
         wal.append_batch(make_records(4, wal.last_hash, 2))
     monkeypatch.undo()
@@ -146,7 +146,7 @@ def test_a_write_error_is_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     def failing(fd: int, data: object, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(wal_module.os, "pwrite", failing)
+    monkeypatch.setattr(os, "pwrite", failing)
     with pytest.raises(WalWriteFailed, match="No space"):
         wal.append_batch(make_records(1, GENESIS_HASH, 1))
     monkeypatch.undo()

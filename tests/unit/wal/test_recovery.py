@@ -15,7 +15,7 @@ from pathlib import Path
 import google_crc32c
 import pytest
 
-from ledger.adapters.wal import WalCorruption, open_wal, verify_wal
+from ledger.adapters.wal import TornTailReport, WalCorruption, open_wal, verify_wal
 from ledger.application.records import EventRecord
 
 from .support import (
@@ -31,7 +31,7 @@ from .support import (
 )
 
 
-def reopen(directory: Path) -> tuple[list[EventRecord], object]:
+def reopen(directory: Path) -> tuple[list[EventRecord], TornTailReport | None]:
     """Open (recover), read everything, append one more batch, close; check it reopens."""
     wal, report = open_wal(directory, segment_size_bytes=4096)
     try:
