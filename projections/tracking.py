@@ -61,8 +61,9 @@ def dsn(url: str) -> str:
     return normalise_pg_url(url).replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-    """A psycopg connection that decodes ``jsonb`` with orjson."""
+def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """An autocommit psycopg connection (``conn.transaction()`` opens real transactions)
+    that decodes ``jsonb`` with orjson."""
     conn = psycopg.connect(dsn(url), autocommit=autocommit)
     set_json_loads(orjson.loads, conn)
     return conn
