@@ -60,6 +60,32 @@ def _cmd_wal_dump(args: argparse.Namespace) -> int:
     return int(dump_command(args))
 
 
+def _cmd_wal_replay(args: argparse.Namespace) -> int:
+    from ledger.audit import replay_command
+
+    return int(replay_command(args))
+
+
+def _cmd_relay(args: argparse.Namespace) -> int:
+    from ledger.relay import relay_command
+
+    return int(relay_command(args))
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    from projections.cli import project_command
+
+    return int(project_command(args))
+
+
+def _cmd_projections(args: argparse.Namespace) -> int:
+    from projections.cli import rebuild_command, status_command
+
+    if args.projections_command == "rebuild":
+        return int(rebuild_command(args))
+    return int(status_command(args))
+
+
 def _database_url(args: argparse.Namespace, command: str) -> str | None:
     from ledger.config import get_settings
 
@@ -133,6 +159,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="to_position", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_wal_dump)
+    p = wal.add_parser("replay", help="re-derive balances; check the store and read models")
+    p.add_argument("dir", help="WAL directory of the book")
+    p.add_argument("--database-url", default=None, help="default: $LEDGER_DATABASE_URL")
+    p.add_argument("--book", default=None, help="default: $LEDGER_BOOK_ID")
+    p.add_argument("--domain", action="store_true", help="also replay through domain.evolve")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_wal_replay)
+    p = sub.add_parser("relay", help="publish the event store to Kafka")
+    p.add_argument("--database-url", default=None, help="default: $LEDGER_DATABASE_URL")
+    p.set_defaults(handler=_cmd_relay)
+    p = sub.add_parser("project", help="run projection workers (a Kafka consumer group)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="projections (default: all)")
+    p.add_argument("--database-url", default=None, help="default: $LEDGER_DATABASE_URL")
+    p.add_argument("--group", default=None, help="consumer group (default: derived)")
+    p.set_defaults(handler=_cmd_project)
+    projections = sub.add_parser("projections", help="rebuild or inspect read models")
+    projections_sub = projections.add_subparsers(
+        dest="projections_command", required=True, metavar="PROJECTIONS_COMMAND"
+    )
+    p = projections_sub.add_parser("rebuild", help="replay into a shadow table and swap it in")
+    p.add_argument("name", help="projection name")
+    p.add_argument("--database-url", default=None, help="default: $LEDGER_DATABASE_URL")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_projections)
+    p = projections_sub.add_parser("status", help="position and lag of every projection")
+    p.add_argument("--database-url", default=None, help="default: $LEDGER_DATABASE_URL")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.set_defaults(handler=_cmd_projections)
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
         dest="keys_command", required=True, metavar="KEYS_COMMAND"
     )

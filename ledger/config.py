@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     projection_group: str = Field(default="ledger-projections", min_length=1)
     projection_batch_size_max: int = Field(default=5000, ge=1, le=1_000_000)
     projection_catchup_interval_ms: int = Field(default=2000, ge=10)
+    projection_session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
     book_id: str = Field(default="main", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     wal_dir: Path = Field(default=Path("var/wal"))
     wal_segment_size_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=1 << 34)

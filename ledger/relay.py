@@ -322,3 +322,36 @@ async def run_relay(database_url: str, config: RelayConfig, stop: asyncio.Event)
     relay = Relay(database_url, config)
     await relay.run(stop)
     return relay.stats
+
+
+def relay_command(args: Any) -> int:
+    """``ledger relay``: publish until SIGINT/SIGTERM (exit 0), printing what it did."""
+    import signal
+    import sys
+
+    from ledger.config import get_settings
+
+    settings = get_settings()
+    url = getattr(args, "database_url", None) or settings.database_url
+    if not url:
+        print(
+            "ledger relay: no database: set LEDGER_DATABASE_URL or --database-url", file=sys.stderr
+        )
+        return 2
+    if not settings.kafka_bootstrap:
+        print("ledger relay: no broker: set LEDGER_KAFKA_BOOTSTRAP", file=sys.stderr)
+        return 2
+    config = relay_config(settings, settings.kafka_bootstrap)
+    relay = Relay(url, config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await relay.run(stop)
+
+    print(f"relaying events to topic {config.topic!r} at {config.bootstrap}", flush=True)
+    asyncio.run(main())
+    print(f"stopped: {relay.stats.published} events published, {relay.stats.errors} errors")
+    return 0

@@ -81,6 +81,8 @@ def worker_config(
         partitions=settings.kafka_partitions,
         batch_size_max=settings.projection_batch_size_max,
         catchup_interval_ms=settings.projection_catchup_interval_ms,
+        session_timeout_ms=settings.projection_session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.projection_session_timeout_ms // 10),
     )
 
 

@@ -1,0 +1,770 @@
+"""``ledger wal replay DIR``: the audit. Re-derive every balance from the WAL alone and
+check the event store and the read models against it.
+
+What is checked, in this order (the first finding is reported with its location):
+
+1. **The WAL**, in one pass over the segment files (read-only): each segment header and
+   its link to the previous segment, every record's CRC32C, gap-free positions and the
+   hash chain (``hash = sha256(prev_hash || canonical bytes)``). A damaged record is then
+   located by :func:`ledger.adapters.wal.verify_wal` (segment file and byte offset); a
+   torn tail, which recovery would remove, is reported as such.
+2. **The balances**, re-derived from the events' amounts: every transfer, hold, post,
+   void, expiry and closing is applied to the accounts, and the result must equal the
+   balances after that each event carries. This is a second, independent implementation
+   of the ledger's arithmetic (the node uses :func:`ledger.domain.evolve`; ``--domain``
+   runs that too and compares the two).
+3. **The event store**: a second process reads ``events`` in position order and checks
+   each row against its own hash (the canonical bytes are rebuilt from the row, so an
+   edited column is caught even if the stored hash was left alone) and the chain; the
+   main process compares the stored hashes with the WAL's, position by position. Equal
+   hashes on a verified chain mean equal ids and contents.
+4. **The read models** of the book, when their checkpoints are at the WAL's last
+   position: every account's balances, every transfer, each account's entries (count,
+   sum of amounts, last position, last balances) and the trial balance.
+
+Why two processes and a scanner of its own: the WAL module's ``read_wal`` verifies and
+then decodes in two passes and the domain's ``evolve`` builds full objects; together
+they reach about 45k events/s. The audit needs one pass with one CRC, one sha256 and one
+JSON parse per record, and the store's side (one JSON parse, one dump and one sha256 per
+row) runs on the other core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import multiprocessing
+import os
+import queue
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import google_crc32c
+import orjson
+
+from ledger.adapters.wal import (
+    HEADER_BYTES,
+    SEGMENT_MAGIC,
+    WalCorruption,
+    segment_paths,
+    verify_wal,
+)
+from ledger.application.records import GENESIS_HASH
+
+__all__ = ["AuditReport", "Finding", "replay_command", "replay_wal"]
+
+CHUNK_POSITIONS: Final = 8192
+_HEADER_BODY = struct.Struct("<8sIIQQ32s")
+_RECORD_HEAD = struct.Struct("<IIQQII")
+_HASH_BYTES: Final = 32
+_SORT = orjson.OPT_SORT_KEYS
+_crc32c: Callable[[bytes], int] = google_crc32c.value
+_TRANSFER_TYPES: Final = frozenset(
+    ("TransferCreated", "PendingTransferPosted", "PendingTransferVoided", "PendingTransferExpired")
+)
+
+Advance = Callable[[int], None]
+
+
+class Finding(Exception):
+    """A mismatch or damage, with where it is (``where``) and what is wrong."""
+
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(f"{where}: {what}")
+        self.where = where
+        self.what = what
+
+
+@dataclass
+class AuditReport:
+    """The clean bill (or the counts up to the first finding)."""
+
+    segments: int = 0
+    events: int = 0
+    last_position: int = 0
+    head_hash: bytes = GENESIS_HASH
+    accounts: int = 0
+    ledgers: int = 0
+    transfers: int = 0
+    store_events: int = 0
+    read_models: dict[str, str] = field(default_factory=dict)
+    duration_s: float = 0.0
+    replay_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        rate = self.events / self.replay_s if self.replay_s > 0 else 0.0
+        out = [
+            f"wal: {self.segments} segments, {self.events} events, last position "
+            f"{self.last_position}, hash-chain head {self.head_hash.hex()}",
+            f"balances: re-derived {self.accounts} accounts in {self.ledgers} ledgers, "
+            f"{self.transfers} transfers; every event's balances after agree",
+            f"event store: {self.store_events} events, ids and hashes identical to the WAL, "
+            "every row matches its hash",
+        ]
+        for name, summary in self.read_models.items():
+            out.append(f"read model {name}: {summary}")
+        out.append(f"replayed {self.events} events in {self.replay_s:.2f} s ({rate:,.0f} events/s)")
+        return out
+
+
+# --- 1 and 2: the WAL, and the balances it implies -------------------------------------
+
+
+class _Books:
+    """Accounts, transfers and entry aggregates re-derived from the events."""
+
+    def __init__(self) -> None:
+        # account id -> [debits_pending, debits_posted, credits_pending, credits_posted,
+        #                ledger, closed, entries, entries amount sum, last entry position]
+        self.accounts: dict[str, list[Any]] = {}
+        # transfer id -> [status, amount, amount posted, debit id, credit id, kind, ledger]
+        self.transfers: dict[str, list[Any]] = {}
+
+    def apply(self, position: int, env: dict[str, Any]) -> None:
+        t = env["type"]
+        d = env["data"]
+        if t in _TRANSFER_TYPES:
+            self._movement(position, t, d)
+        elif t == "AccountOpened":
+            if d["account_id"] in self.accounts:
+                raise self._finding(position, env, f"account {d['account_id']} opened twice")
+            self.accounts[d["account_id"]] = [0, 0, 0, 0, d["ledger"], False, 0, 0, 0]
+        elif t == "AccountClosed":
+            account = self.accounts[d["account_id"]]
+            self._check(position, env, d["account_id"], account, d["account_after"])
+            account[5] = True
+        else:
+            raise self._finding(position, env, f"unknown event type {t!r}")
+
+    def _movement(self, position: int, t: str, d: dict[str, Any]) -> None:
+        accounts = self.accounts
+        amount = d["amount_minor"]
+        debit_id, credit_id = d["debit_account_id"], d["credit_account_id"]
+        debit, credit = accounts[debit_id], accounts[credit_id]
+        if t == "TransferCreated":
+            pending = d["flags"]["pending"]
+            if pending:
+                debit[0] += amount
+                credit[2] += amount
+            else:
+                debit[1] += amount
+                credit[3] += amount
+            self.transfers[d["transfer_id"]] = [
+                "pending" if pending else "none",
+                amount,
+                0,
+                debit_id,
+                credit_id,
+                "pending" if pending else "single",
+                d["ledger"],
+            ]
+        else:
+            hold = self.transfers[d["pending_id"]]
+            if hold[0] != "pending" or hold[3] != debit_id or hold[4] != credit_id:
+                raise Finding(f"position {position}", f"{t}: {d['pending_id']} is not pending")
+            held = hold[1]
+            debit[0] -= held
+            credit[2] -= held
+            if t == "PendingTransferPosted":
+                debit[1] += amount
+                credit[3] += amount
+                hold[0], hold[2] = "posted", amount
+            else:
+                hold[0] = "voided" if t == "PendingTransferVoided" else "expired"
+            if t != "PendingTransferExpired":
+                kind = "post" if t == "PendingTransferPosted" else "void"
+                self.transfers[d["transfer_id"]] = [
+                    "none",
+                    amount,
+                    0,
+                    debit_id,
+                    credit_id,
+                    kind,
+                    d["ledger"],
+                ]
+        for account_id, account, after in (
+            (debit_id, debit, d["debit_account_after"]),
+            (credit_id, credit, d["credit_account_after"]),
+        ):
+            if (
+                account[0] != after["debits_pending"]
+                or account[1] != after["debits_posted"]
+                or account[2] != after["credits_pending"]
+                or account[3] != after["credits_posted"]
+            ):
+                raise Finding(
+                    f"position {position}",
+                    f"{t}: account {account_id} re-derives to {_four(account)} but the event "
+                    f"says {_four_of(after)}",
+                )
+            account[6] += 1
+            account[7] += amount
+            account[8] = position
+
+    def _check(
+        self, position: int, env: dict[str, Any], account_id: str, account: list[Any], after: Any
+    ) -> None:
+        if _four(account) != _four_of(after):
+            raise self._finding(
+                position,
+                env,
+                f"account {account_id} re-derives to {_four(account)} but the event says "
+                f"{_four_of(after)}",
+            )
+
+    @staticmethod
+    def _finding(position: int, env: dict[str, Any], what: str) -> Finding:
+        return Finding(f"position {position} (event {env.get('event_id')})", what)
+
+
+def _four(account: list[Any]) -> tuple[int, int, int, int]:
+    return (account[0], account[1], account[2], account[3])
+
+
+def _four_of(after: Any) -> tuple[int, int, int, int]:
+    return (
+        after["debits_pending"],
+        after["debits_posted"],
+        after["credits_pending"],
+        after["credits_posted"],
+    )
+
+
+class _WalScan:
+    """One pass over the segments: checks, then hands each envelope to ``on_record``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.paths = segment_paths(directory)
+        self.position = 0
+        self.prev = GENESIS_HASH
+        self.chunk_hashes: dict[int, bytes] = {}
+        self._hashes: list[bytes] = []
+
+    def run(
+        self, on_record: Callable[[int, dict[str, Any]], None], advance: Advance | None
+    ) -> None:
+        for number, path in enumerate(self.paths, start=1):
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size == 0:
+                    raise _Damage(path, 0, "empty segment file")
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                    self._header(path, buf, number)
+                    self._records(path, buf, size, on_record, advance)
+        if self._hashes:
+            self.chunk_hashes[self._chunk_of(self.position)] = b"".join(self._hashes)
+
+    def _header(self, path: Path, buf: mmap.mmap, number: int) -> None:
+        if len(buf) < HEADER_BYTES:
+            raise _Damage(path, 0, "segment header incomplete")
+        magic, _, _, seg_number, first, link = _HEADER_BODY.unpack_from(buf, 0)
+        if magic != SEGMENT_MAGIC or _crc32c(buf[:64]) != struct.unpack_from("<I", buf, 64)[0]:
+            raise _Damage(path, 0, "bad segment header")
+        if seg_number != number or first != self.position + 1 or link != self.prev:
+            raise _Damage(path, 0, f"segment does not continue the log at {self.position + 1}")
+
+    def _records(
+        self,
+        path: Path,
+        buf: mmap.mmap,
+        size: int,
+        on_record: Callable[[int, dict[str, Any]], None],
+        advance: Advance | None,
+    ) -> None:
+        unpack = _RECORD_HEAD.unpack_from
+        sha256 = hashlib.sha256
+        loads = orjson.loads
+        crc32c = _crc32c
+        off = HEADER_BYTES
+        position = self.position
+        prev = self.prev
+        hashes = self._hashes
+        chunk_end = (self._chunk_of(position + 1) + 1) * CHUNK_POSITIONS
+        done = 0
+        while off + 32 <= size:
+            length, crc, pos, _, _, clen = unpack(buf, off)
+            if length == 0:
+                break
+            end = off + 8 + length
+            if end > size or crc32c(buf[off + 8 : end]) != crc:
+                raise _Damage(path, off, f"bad record (record position {position + 1})")
+            position += 1
+            if pos != position:
+                raise _Damage(path, off, f"record position {pos} where {position} expected")
+            canonical = buf[off + 32 : off + 32 + clen]
+            digest = buf[end - 32 : end]
+            if sha256(prev + canonical).digest() != digest:
+                raise _Damage(path, off, f"hash chain broken (record position {position})")
+            on_record(position, loads(canonical))
+            hashes.append(digest)
+            prev = digest
+            off = end
+            if position == chunk_end:
+                self.chunk_hashes[self._chunk_of(position)] = b"".join(hashes)
+                hashes.clear()
+                chunk_end += CHUNK_POSITIONS
+                self.position, self.prev = position, prev
+                if advance is not None:
+                    advance(off - done)
+                    done = off
+        self.position, self.prev = position, prev
+        if advance is not None:
+            advance(size - done)
+
+    @staticmethod
+    def _chunk_of(position: int) -> int:
+        return (position - 1) // CHUNK_POSITIONS
+
+
+class _Damage(Exception):
+    def __init__(self, path: Path, offset: int, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+def _locate_damage(directory: Path, damage: _Damage, position: int) -> Finding | None:
+    """Ask the WAL module where the damage is; None if it is a torn tail ending at
+    ``position`` (recovery would remove it; the log is intact up to there)."""
+    try:
+        summary = verify_wal(directory)
+    except WalCorruption as exc:
+        return Finding(f"{directory / exc.segment.name} at byte {exc.offset}", exc.reason)
+    torn = summary.torn_tail
+    if torn is not None and torn.last_position == position:
+        return None
+    return Finding(f"{damage.path} at byte {damage.offset}", damage.reason)
+
+
+# --- 3: the event store (second process) -----------------------------------------------
+
+
+_COPY_SQL: Final = (
+    "COPY (SELECT position, event_id, stream_id, stream_version, type, schema_version, "
+    "recorded_at_us, data, encode(prev_hash, 'hex'), encode(hash, 'hex') FROM events "
+    "WHERE book_id = {book} ORDER BY position) TO STDOUT"
+)
+_UNESCAPE: Final = {b"\\\\": b"\\", b"\\t": b"\t", b"\\n": b"\n", b"\\r": b"\r"}
+
+
+def _unescape(field_: bytes) -> bytes:
+    if b"\\" not in field_:
+        return field_
+    out = bytearray()
+    i = 0
+    while i < len(field_):
+        c = field_[i : i + 2]
+        if c in _UNESCAPE:
+            out += _UNESCAPE[c]
+            i += 2
+        else:
+            out += field_[i : i + 1]
+            i += 1
+    return bytes(out)
+
+
+def _store_lines(database_url: str, book_id: str) -> Iterator[bytes]:
+    import psycopg
+    from psycopg import sql
+
+    from projections.tracking import dsn
+
+    with psycopg.connect(dsn(database_url)) as conn, conn.cursor() as cur:
+        statement = sql.SQL(_COPY_SQL).format(book=sql.Literal(book_id))
+        with cur.copy(statement) as copy:
+            carry = b""
+            for block in copy:
+                lines = (carry + bytes(block)).split(b"\n")
+                carry = lines.pop()
+                yield from lines
+            if carry:
+                yield carry
+
+
+def _verify_store(database_url: str, book_id: str, out: Any) -> None:
+    """Runs in the second process: checks each ``events`` row against its hash and the
+    chain, and sends ``("chunk", index, hashes)`` per ``CHUNK_POSITIONS`` positions, then
+    ``("done", count, None)`` or ``("finding", where, what)``."""
+    try:
+        sha256 = hashlib.sha256
+        dumps, loads = orjson.dumps, orjson.loads
+        expected, prev, hashes = 1, GENESIS_HASH, []
+        for line in _store_lines(database_url, book_id):
+            f = line.split(b"\t")
+            position = int(f[0])
+            where = f"events row book {book_id!r} position {position} (event {f[1].decode()})"
+            if position != expected:
+                out.put(("finding", where, f"position {expected} is missing"))
+                return
+            stored = bytes.fromhex(f[9].decode())
+            if bytes.fromhex(f[8].decode()) != prev:
+                out.put(("finding", where, "prev_hash is not the hash of the row before it"))
+                return
+            canonical = dumps(
+                {
+                    "data": loads(_unescape(f[7])),
+                    "event_id": f[1].decode(),
+                    "position": position,
+                    "prev_hash": f[8].decode(),
+                    "recorded_at_us": int(f[6]),
+                    "schema_version": int(f[5]),
+                    "stream_id": _unescape(f[2]).decode(),
+                    "stream_version": int(f[3]),
+                    "type": _unescape(f[4]).decode(),
+                },
+                option=_SORT,
+            )
+            if sha256(prev + canonical).digest() != stored:
+                out.put(("finding", where, "the row's content does not match its hash (edited?)"))
+                return
+            hashes.append(stored)
+            prev = stored
+            if position % CHUNK_POSITIONS == 0:
+                out.put(("chunk", (position - 1) // CHUNK_POSITIONS, b"".join(hashes)))
+                hashes = []
+            expected += 1
+        if hashes:
+            out.put(("chunk", (expected - 2) // CHUNK_POSITIONS, b"".join(hashes)))
+        out.put(("done", expected - 1, None))
+    except BaseException as exc:  # report anything to the parent, never hang it
+        out.put(("error", f"{type(exc).__name__}: {exc}", None))
+
+
+class _StoreCheck:
+    """The parent's side of step 3: compares the store's chunks with the WAL's."""
+
+    def __init__(self, database_url: str, book_id: str) -> None:
+        self.book_id = book_id
+        self.database_url = database_url
+        ctx = multiprocessing.get_context("spawn")
+        self.queue: Any = ctx.Queue(maxsize=64)
+        self.process = ctx.Process(
+            target=_verify_store, args=(database_url, book_id, self.queue), daemon=True
+        )
+        self.process.start()
+        self.store_chunks: dict[int, bytes] = {}
+        self.count: int | None = None
+
+    def poll(self, wal: _WalScan, block: bool) -> None:
+        while self.count is None:
+            try:
+                kind, a, b = self.queue.get(block=block, timeout=600 if block else None)
+            except queue.Empty:
+                return
+            if kind == "chunk":
+                self.store_chunks[a] = b
+                self._compare(wal, a)
+            elif kind == "done":
+                self.count = int(a)
+            elif kind == "finding":
+                raise Finding(a, b)
+            else:
+                raise RuntimeError(f"event store check failed: {a}")
+
+    def _compare(self, wal: _WalScan, index: int) -> None:
+        mine = wal.chunk_hashes.get(index)
+        theirs = self.store_chunks.get(index)
+        if mine is None or theirs is None:
+            return
+        if mine != theirs:
+            first = index * CHUNK_POSITIONS + 1
+            for i in range(0, min(len(mine), len(theirs)), _HASH_BYTES):
+                if mine[i : i + _HASH_BYTES] != theirs[i : i + _HASH_BYTES]:
+                    position = first + i // _HASH_BYTES
+                    raise Finding(
+                        self._where(position),
+                        "hash differs from the WAL's (a different event at this position)",
+                    )
+        del wal.chunk_hashes[index]
+        del self.store_chunks[index]
+
+    def finish(self, wal: _WalScan) -> int:
+        self.poll(wal, block=True)
+        for index in sorted(set(wal.chunk_hashes) & set(self.store_chunks)):
+            self._compare(wal, index)
+        count = self.count or 0
+        if count != wal.position:
+            if count > wal.position:
+                raise Finding(
+                    self._where(wal.position + 1),
+                    f"the event store holds positions {wal.position + 1}..{count}, which the "
+                    "WAL does not",
+                )
+            raise Finding(
+                f"events of book {self.book_id!r}",
+                f"the event store ends at position {count} but the WAL at {wal.position} "
+                "(a batch in flight, or events missing from the store)",
+            )
+        return count
+
+    def _where(self, position: int) -> str:
+        return f"events row book {self.book_id!r} position {position}"
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(5)
+        self.queue.close()
+        self.queue.join_thread()
+
+
+# --- 4: the read models ----------------------------------------------------------------
+
+
+def _compare_read_models(
+    database_url: str, book_id: str, books: _Books, head: int
+) -> dict[str, str]:
+    from projections import PROJECTION_NAMES
+    from projections.tracking import connect, read_checkpoint
+
+    summaries: dict[str, str] = {}
+    with connect(database_url) as conn:
+        for name in PROJECTION_NAMES:
+            position = read_checkpoint(conn, name, book_id)
+            if position != head:
+                raise Finding(
+                    f"read model {name} of book {book_id!r}",
+                    f"at position {position}, the WAL at {head}: it cannot be compared "
+                    "(let `ledger project` catch up, or rebuild it)",
+                )
+        summaries["balances"] = _compare_balances(conn, book_id, books)
+        summaries["entries"] = _compare_entries(conn, book_id, books)
+        summaries["transfers"] = _compare_transfers(conn, book_id, books)
+        summaries["trial_balance"] = _compare_trial_balance(conn, book_id, books)
+    return summaries
+
+
+def _compare_balances(conn: Any, book_id: str, books: _Books) -> str:
+    rows = conn.execute(
+        "SELECT account_id::text, debits_pending, debits_posted, credits_pending, "
+        "credits_posted, ledger, closed FROM account_balances WHERE book_id = %s "
+        "ORDER BY account_id",
+        (book_id,),
+    ).fetchall()
+    seen = set()
+    for r in rows:
+        where = f"account_balances row (book {book_id!r}, account {r[0]})"
+        account = books.accounts.get(r[0])
+        if account is None:
+            raise Finding(where, "no such account in the WAL")
+        want = (*_four(account), account[4], account[5])
+        if tuple(r[1:]) != want:
+            raise Finding(where, f"holds {tuple(r[1:])}, the WAL gives {want}")
+        seen.add(r[0])
+    missing = sorted(set(books.accounts) - seen)
+    if missing:
+        raise Finding(f"account_balances (book {book_id!r})", f"account {missing[0]} is missing")
+    return f"{len(rows)} accounts match"
+
+
+def _compare_entries(conn: Any, book_id: str, books: _Books) -> str:
+    rows = conn.execute(
+        "SELECT DISTINCT ON (account_id) account_id::text, count(*) OVER w, "
+        "sum(amount_minor) OVER w, position, debits_pending, debits_posted, credits_pending, "
+        "credits_posted FROM account_entries WHERE book_id = %s "
+        "WINDOW w AS (PARTITION BY account_id) ORDER BY account_id, position DESC",
+        (book_id,),
+    ).fetchall()
+    seen = set()
+    total = 0
+    for r in rows:
+        where = f"account_entries of account {r[0]} (book {book_id!r})"
+        account = books.accounts.get(r[0])
+        if account is None:
+            raise Finding(where, "no such account in the WAL")
+        got = (int(r[1]), int(r[2]), int(r[3]), tuple(r[4:8]))
+        want = (account[6], account[7], account[8], _four(account))
+        if got != want:
+            raise Finding(
+                where,
+                f"(entries, sum of amounts, last position, last balances) are {got}, "
+                f"the WAL gives {want}",
+            )
+        seen.add(r[0])
+        total += got[0]
+    for account_id, account in sorted(books.accounts.items()):
+        if account[6] and account_id not in seen:
+            raise Finding(
+                f"account_entries of account {account_id} (book {book_id!r})",
+                f"no entries, the WAL gives {account[6]}",
+            )
+    return f"{total} entries of {len(rows)} accounts match"
+
+
+def _compare_transfers(conn: Any, book_id: str, books: _Books) -> str:
+    count = 0
+    with conn.transaction(), conn.cursor(name="audit_transfers") as cur:
+        cur.itersize = 20_000
+        cur.execute(
+            "SELECT transfer_id::text, status, amount_minor, amount_posted_minor, "
+            "debit_account_id::text, credit_account_id::text, kind, ledger FROM transfers "
+            "WHERE book_id = %s",
+            (book_id,),
+        )
+        for r in cur:
+            transfer = books.transfers.get(r[0])
+            where = f"transfers row (book {book_id!r}, transfer {r[0]})"
+            if transfer is None:
+                raise Finding(where, "no such transfer in the WAL")
+            if list(r[1:]) != transfer:
+                raise Finding(where, f"holds {tuple(r[1:])}, the WAL gives {tuple(transfer)}")
+            count += 1
+    if count != len(books.transfers):
+        raise Finding(
+            f"transfers (book {book_id!r})",
+            f"{count} rows, the WAL has {len(books.transfers)} transfers",
+        )
+    return f"{count} transfers match"
+
+
+def _compare_trial_balance(conn: Any, book_id: str, books: _Books) -> str:
+    sums: dict[str, list[int]] = {}
+    for account in books.accounts.values():
+        line = sums.setdefault(account[4], [0, 0, 0, 0])
+        for i in range(4):
+            line[i] += account[i]
+    rows = conn.execute(
+        "SELECT ledger, debits_pending, debits_posted, credits_pending, credits_posted "
+        "FROM trial_balances WHERE book_id = %s ORDER BY ledger",
+        (book_id,),
+    ).fetchall()
+    got = {r[0]: [int(v) for v in r[1:]] for r in rows}
+    for ledger in sorted(set(sums) | set(got)):
+        want = sums.get(ledger, [0, 0, 0, 0])
+        have = got.get(ledger, [0, 0, 0, 0])
+        if want != have:
+            raise Finding(
+                f"trial_balances row (book {book_id!r}, ledger {ledger})",
+                f"holds {tuple(have)}, the accounts sum to {tuple(want)}",
+            )
+    return f"{len(rows)} ledgers match"
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def _domain_check(directory: Path, books: _Books) -> None:
+    """``--domain``: replay through the node's own ``evolve`` and compare the balances."""
+    from ledger import domain
+    from ledger.adapters.wal import read_wal
+
+    state = domain.BookState()
+    for record in read_wal(directory):
+        try:
+            domain.evolve(
+                state, domain.event_from_data(record.type, record.schema_version, record.data)
+            )
+        except domain.InvariantViolated as exc:
+            raise Finding(
+                f"position {record.position} (event {record.event_id})", str(exc)
+            ) from None
+    for account in state.accounts.values():
+        mine = books.accounts[str(account.id)]
+        if tuple(account.balances()) != _four(mine):
+            raise Finding(f"account {account.id}", "ledger.domain.evolve and the audit disagree")
+
+
+def replay_wal(
+    directory: Path,
+    database_url: str | None,
+    book_id: str,
+    *,
+    advance: Advance | None = None,
+    domain_check: bool = False,
+) -> AuditReport:
+    """Run the audit (see the module docstring); raise :class:`Finding` on the first
+    problem. Without ``database_url`` only the WAL and the balances are checked."""
+    started = time.monotonic()
+    report = AuditReport()
+    scan = _WalScan(directory)
+    if not scan.paths:
+        raise FileNotFoundError(f"no WAL segment files (*.wal) in {directory}")
+    books = _Books()
+    store = _StoreCheck(database_url, book_id) if database_url else None
+    try:
+        counter = [0]
+
+        def on_record(position: int, env: dict[str, Any]) -> None:
+            books.apply(position, env)
+            counter[0] += 1
+            if store is not None and counter[0] % CHUNK_POSITIONS == 0:
+                store.poll(scan, block=False)
+
+        replay_started = time.monotonic()
+        try:
+            scan.run(on_record, advance)
+        except _Damage as damage:
+            finding = _locate_damage(directory, damage, scan.position)
+            if finding is not None:
+                raise finding from None
+        report.replay_s = time.monotonic() - replay_started
+        report.segments = len(scan.paths)
+        report.events = report.last_position = scan.position
+        report.head_hash = scan.prev
+        report.accounts = len(books.accounts)
+        report.ledgers = len({a[4] for a in books.accounts.values()})
+        report.transfers = len(books.transfers)
+        if store is not None:
+            report.store_events = store.finish(scan)
+        if domain_check:
+            _domain_check(directory, books)
+        if database_url:
+            report.read_models = _compare_read_models(database_url, book_id, books, scan.position)
+    finally:
+        if store is not None:
+            store.close()
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+def replay_command(args: Any) -> int:
+    """``ledger wal replay DIR [--database-url URL] [--book ID] [--domain] [--no-progress]``."""
+    from ledger.config import get_settings
+
+    directory = Path(args.dir)
+    if not directory.is_dir() or not segment_paths(directory):
+        print(f"ledger wal replay: no WAL segment files (*.wal) in {directory}", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    url = args.database_url or settings.database_url
+    book_id = args.book or settings.book_id
+    if not url:
+        print(
+            "ledger wal replay: no database: set LEDGER_DATABASE_URL or --database-url",
+            file=sys.stderr,
+        )
+        return 2
+    total = sum(p.stat().st_size for p in segment_paths(directory))
+    try:
+        with _progress(total, enabled=not args.no_progress) as advance:
+            report = replay_wal(directory, url, book_id, advance=advance, domain_check=args.domain)
+    except Finding as finding:
+        print(f"ledger wal replay: MISMATCH at {finding.where}: {finding.what}", file=sys.stderr)
+        return 1
+    print(f"ok: book {book_id!r}")
+    for line in report.lines():
+        print(f"  {line}")
+    return 0
+
+
+@contextlib.contextmanager
+def _progress(total: int, *, enabled: bool) -> Iterator[Advance | None]:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("replaying"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("replay", total=total)
+        yield lambda n: bar.advance(task, n)
