@@ -115,7 +115,8 @@ def test_an_altered_entry_and_transfer_are_found(
     assert found.value.where == f"account_entries of account {row[0]} (book 'audit')"
     with psycopg.connect(dsn(url), autocommit=True) as conn:
         conn.execute(
-            "UPDATE account_entries SET amount_minor = amount_minor - 1 WHERE position = 777 AND side = 'debit'"
+            "UPDATE account_entries SET amount_minor = amount_minor - 1 "
+            "WHERE position = 777 AND side = 'debit'"
         )
         tid = conn.execute(
             "UPDATE transfers SET status = 'voided' WHERE status = 'posted' "

@@ -21,7 +21,7 @@ BOOK = "b1"
 
 def test_projecting_the_store_reproduces_the_domain_state(database_url: str) -> None:
     book = SyntheticBook(seed=3)
-    batches = list(book.batches(6, 300)) + [book.expire_all()]
+    batches = [*book.batches(6, 300), book.expire_all()]
     store_records(database_url, BOOK, batches)
     records = [r for batch in batches for r in batch]
     with psycopg.connect(dsn(database_url), autocommit=True) as conn:
