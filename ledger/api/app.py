@@ -10,6 +10,7 @@ PostgreSQL away; nothing of the request was acknowledged, retry with the same id
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -220,21 +221,31 @@ def transfer_view(t: domain.Transfer) -> TransferView:
 # -- middleware -------------------------------------------------------------------------
 
 
-class BodyLimitMiddleware:
-    """Answer 413 (problem+json) for bodies over the limit, declared or streamed."""
+class EdgeMiddleware:
+    """Pure ASGI middleware (no task group per request, unlike ``@app.middleware``): a
+    request id in the logging context and the ``x-request-id`` header, request metrics,
+    and 413 (problem+json) for bodies over the limit, declared or streamed."""
 
-    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, limit_bytes: int, metrics: ApiMetrics) -> None:
         self.app = app
         self.limit = limit_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        rid = ""
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 await self._reject(scope, receive, send)
                 return
+            if name == b"x-request-id":
+                rid = value.decode("latin-1")[:64]
+        rid = rid or os.urandom(8).hex()
+        token = request_id.set(rid)
+        t0 = time.perf_counter()
+        status = [500]
         seen = 0
 
         async def limited() -> Message:
@@ -246,7 +257,21 @@ class BodyLimitMiddleware:
                     raise StarletteHTTPException(413, f"request body exceeds {self.limit} bytes")
             return message
 
-        await self.app(scope, limited, send)
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, limited, send_with_id)
+        finally:
+            request_id.reset(token)
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, path, str(status[0])).inc()
+            self.metrics.request_seconds.labels(method, path).observe(time.perf_counter() - t0)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
@@ -279,25 +304,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.add_exception_handler(ApiProblem, handle_problem)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)
-    app.add_middleware(BodyLimitMiddleware, limit_bytes=ctx.body_size_max_bytes)
-
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        token = request_id.set(rid)
-        t0 = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            request_id.reset(token)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        ctx.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        ctx.metrics.request_seconds.labels(request.method, path).observe(time.perf_counter() - t0)
-        response.headers["x-request-id"] = rid
-        return response
+    app.add_middleware(EdgeMiddleware, limit_bytes=ctx.body_size_max_bytes, metrics=ctx.metrics)
 
     def node() -> LedgerNode:
         if ctx.node is None or not ctx.node.ready:
@@ -318,7 +325,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
                     "missing bearer API key: send 'Authorization: Bearer elk_...'",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-            key = await asyncio.to_thread(ctx.keys.verify, authorization[7:].strip())
+            token = authorization[7:].strip()
+            known, key = ctx.keys.cached(token)
+            if not known:
+                key = await asyncio.to_thread(ctx.keys.verify, token)
             if key is None:
                 raise ApiProblem(
                     401,

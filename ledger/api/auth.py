@@ -99,6 +99,14 @@ class KeyStore:
             self._cache.clear()
         return bool(result.rowcount)
 
+    def cached(self, token: str) -> tuple[bool, ApiKey | None]:
+        """(True, key or None) if ``token`` was verified within the TTL, else (False, None):
+        lets the event loop answer most requests without a thread hop."""
+        hit = self._cache.get(token)
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
     def verify(self, token: str) -> ApiKey | None:
         """The active key for ``token``, or None (unknown, malformed, wrong secret, revoked)."""
         now = time.monotonic()

@@ -1,24 +1,26 @@
 """The ledger node: the only writer of one book.
 
 Shape (LMAX / TigerBeetle): callers put requests (lists of commands) on a bounded queue;
-one batcher takes whole requests up to ``batch_size_max`` commands (or what arrives within
-``batch_wait_ms``), makes sure every account and transfer the batch refers to is in the
-in-memory state (loading the missing ones from PostgreSQL), decides the whole batch in
-arrival order against that state, chains the resulting events into records and hands the
-batch to the committer. The committer, on its own thread, records batches strictly one
-after another through the :class:`~ledger.application.recorder.Recorder` (WAL + fdatasync,
-then PostgreSQL), and only then answers every caller of the batch.
+the *decider* thread takes whole requests up to ``batch_size_max`` commands (or what
+arrives within ``batch_wait_ms``), makes sure every account and transfer the batch refers
+to is in memory (loading the missing ones from PostgreSQL), decides the whole batch in
+arrival order, chains the resulting events into records and hands the batch to the
+two commit stages, each a thread, through the
+:class:`~ledger.application.recorder.Recorder`: the WAL stage appends the batch and
+fdatasyncs it, the store stage inserts it into PostgreSQL and only then answers every
+caller of the batch. Batches pass both stages strictly in order; the WAL may sync batch
+N+1 while PostgreSQL commits batch N, so the two fsyncs overlap instead of adding up.
+
+Why threads and not tasks on the caller's event loop: the HTTP server shares its loop with
+hundreds of request tasks, and every ``await`` inside the pipeline would wait for a full
+round of them; on its own threads the pipeline advances as soon as storage answers, and
+callers only pay one hand-off each way (``call_soon_threadsafe``).
 
 Deciding batch N+1 while batch N is being made durable is safe because a batch, once
 decided, is never dropped: PostgreSQL errors are retried until they succeed, and a WAL
-error or a lost lease stops the node without acknowledging anything, to be recovered
-from disk. Replies of batch N+1, rejections included, wait for batch N+1's commit, so no
-caller ever sees an outcome that depends on events that might not survive a crash.
-
-Since the node is the only writer, its cache is authoritative: a record that is in memory
-is current. A record that is not in memory has not changed since the snapshot watermark,
-so its snapshot (accounts, pending transfers) or its creating event (plain transfers) is
-current too.
+error or a lost lease stops the node without acknowledging anything, to be recovered from
+disk. Replies of batch N+1, rejections included, wait for batch N+1's commit, so no caller
+ever sees an outcome that depends on events that might not survive a crash.
 """
 
 from __future__ import annotations
@@ -27,16 +29,17 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from uuid import UUID, SafeUUID
 
 from ledger import domain
 from ledger.adapters.postgres import SnapshotRow
-from ledger.application.errors import EventStoreUnavailable, NodeStopped, Overloaded
-from ledger.application.loading import event_references, transfer_from_event
+from ledger.application.cache import BookCache
+from ledger.application.errors import NodeStopped, Overloaded
 from ledger.application.ports import EventStore
 from ledger.application.recorder import Recorder, RecoveryReport
 from ledger.application.records import EventRecord, PendingRecord, chain_records
@@ -44,8 +47,6 @@ from ledger.application.records import EventRecord, PendingRecord, chain_records
 __all__ = ["LedgerNode", "NodeConfig", "NodeMetrics"]
 
 _log = logging.getLogger(__name__)
-LOAD_ATTEMPTS_MAX = 10_000
-
 
 _V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _V4_SET = (0x4000 << 64) | (0x8000 << 48)
@@ -85,14 +86,16 @@ class NodeMetrics:
     commands: int = 0
     events: int = 0
     observe_batch_size: Callable[[int], None] | None = None
-    observe_wal_s: Callable[[float], None] | None = None
-    observe_store_s: Callable[[float], None] | None = None
+
+
+Outcomes = list[domain.CommandOutcome]
 
 
 @dataclass
 class _Request:
     commands: Sequence[domain.Command]
-    future: asyncio.Future[list[domain.CommandOutcome]]
+    future: asyncio.Future[Outcomes] | None
+    loop: asyncio.AbstractEventLoop | None
 
 
 @dataclass
@@ -101,8 +104,25 @@ class _Job:
     snapshots: list[SnapshotRow]
     watermark: int | None
     requests: list[_Request]
-    outcomes: list[list[domain.CommandOutcome]]
-    evict_after: list[UUID] = field(default_factory=list)
+    outcomes: list[Outcomes] = field(default_factory=list)
+
+
+def _resolve(pairs: list[tuple[asyncio.Future[Outcomes], Outcomes]]) -> None:
+    for future, outcomes in pairs:
+        if not future.done():
+            future.set_result(outcomes)
+
+
+def _reject(futures: list[asyncio.Future[Outcomes]], exc: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
+
+
+def _wake(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 class LedgerNode:
@@ -111,35 +131,46 @@ class LedgerNode:
     def __init__(
         self,
         recorder: Recorder,
-        store: EventStore,
         config: NodeConfig,
         *,
         clock_us: Callable[[], int] | None = None,
         metrics: NodeMetrics | None = None,
+        expire_pending: bool = True,
     ) -> None:
         self.recorder = recorder
-        self.store = store
+        self.store: EventStore = recorder.store
         self.config = config
-        self.state = domain.BookState()
         self.metrics = metrics or NodeMetrics()
+        self.cache = BookCache(
+            self.store, load_retry_max_ms=config.load_retry_max_ms, stopping=lambda: self._closing
+        )
         self._clock_us = clock_us or (lambda: time.time_ns() // 1000)
+        self._expire_pending = expire_pending
         self._last_now_us = 0
-        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._inserts: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
+        # Decided jobs not yet taken by the committer. The decider takes a slot *before*
+        # gathering requests, so each batch gathers everything that arrived while the
+        # previous one was being committed (adaptive batching, as in group commit).
+        self._slots = threading.Semaphore(max(1, config.pipeline_depth - 1))
+        self._count_lock = threading.Lock()
         self._queued_commands = 0
-        self._commit_q: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=config.pipeline_depth)
-        self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
-        self._load_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger-load")
-        self._tasks: list[asyncio.Task[None]] = []
+        self._state_lock = threading.Lock()
+        self._waiters_lock = threading.Lock()
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._threads: list[threading.Thread] = []
         self._next_position = 1
         self._last_hash = b""
         self._flushed_position = 0
-        self._dirty_accounts: set[UUID] = set()
-        self._dirty_transfers: set[UUID] = set()
+        self._committed_position = 0
         self.failure: BaseException | None = None
         self.recovery: RecoveryReport | None = None
         self._closing = False
-        self._committed_position = 0
-        self._committed = asyncio.Condition()
+
+    @property
+    def state(self) -> domain.BookState:
+        return self.cache.state
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -156,50 +187,59 @@ class LedgerNode:
     ) -> LedgerNode:
         """Recover (lease, WAL ↔ PostgreSQL), load the state tail, start the pipeline."""
         node = cls(
-            recorder, recorder.store, config or NodeConfig(), clock_us=clock_us, metrics=metrics
+            recorder,
+            config or NodeConfig(),
+            clock_us=clock_us,
+            metrics=metrics,
+            expire_pending=expire_pending,
         )
-        loop = asyncio.get_running_loop()
         try:
-            node.recovery = await loop.run_in_executor(
-                node._commit_thread, recorder.recover, holder
-            )
-            _log.info("recovery: %s", node.recovery.summary())
-            await loop.run_in_executor(node._load_thread, node._load_tail)
+            await asyncio.to_thread(node._recover, holder)
         except BaseException:
-            await loop.run_in_executor(node._commit_thread, recorder.close)
-            node._commit_thread.shutdown(wait=True)
-            node._load_thread.shutdown(wait=True)
+            await asyncio.to_thread(recorder.close)
             raise
-        node._tasks.append(asyncio.create_task(node._batcher(), name="ledger-batcher"))
-        node._tasks.append(asyncio.create_task(node._committer(), name="ledger-committer"))
-        if expire_pending:
-            node._tasks.append(asyncio.create_task(node._expirer(), name="ledger-expirer"))
+        node._start_threads()
         return node
+
+    def _recover(self, holder: str | None) -> None:
+        self.recovery = self.recorder.recover(holder)
+        _log.info("recovery: %s", self.recovery.summary())
+        head, head_hash = self.store.head()
+        self._committed_position = head
+        self._next_position = head + 1
+        self._last_hash = head_hash
+        self._flushed_position = self.cache.load_tail(head)
+
+    def _start_threads(self) -> None:
+        stages = (
+            ("ledger-decider", self._decider),
+            ("ledger-wal", self._wal_stage),
+            ("ledger-store", self._store_stage),
+        )
+        for name, target in stages:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     async def close(self) -> None:
         """Stop taking requests, finish what was accepted, release the lease."""
         if self._closing:
             return
         self._closing = True
-        async with self._committed:
-            await self._committed.wait_for(
-                lambda: self._queued_commands == 0 or self.failure is not None
-            )
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._fail_all(NodeStopped("node closed"))
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._commit_thread, self.recorder.close)
-        self._commit_thread.shutdown(wait=True)
-        self._load_thread.shutdown(wait=True)
+        self._requests.put(None)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        self._fail_queued(NodeStopped("node closed"))
+        await asyncio.to_thread(self.recorder.close)
 
     @property
     def position(self) -> int:
         """Highest position decided (committed or in flight)."""
         return self._next_position - 1
+
+    @property
+    def committed_position(self) -> int:
+        return self._committed_position
 
     @property
     def queue_depth(self) -> int:
@@ -211,7 +251,7 @@ class LedgerNode:
 
     # -- the public API ----------------------------------------------------------------
 
-    async def submit(self, commands: Sequence[domain.Command]) -> list[domain.CommandOutcome]:
+    async def submit(self, commands: Sequence[domain.Command]) -> Outcomes:
         """Decide and durably record ``commands``; one outcome per command, in order.
 
         Raises :class:`Overloaded` (nothing accepted) when the queue is full and
@@ -221,94 +261,141 @@ class LedgerNode:
             raise NodeStopped(f"node is not accepting requests: {self.failure or 'closing'}")
         if not commands:
             return []
-        if self._queued_commands + len(commands) > self.config.queue_size_max:
-            raise Overloaded(
-                f"command queue full: {self._queued_commands} queued, "
-                f"limit {self.config.queue_size_max}"
-            )
-        future: asyncio.Future[list[domain.CommandOutcome]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._queued_commands += len(commands)
-        self._queue.put_nowait(_Request(list(commands), future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcomes] = loop.create_future()
+        with self._count_lock:
+            if self._queued_commands + len(commands) > self.config.queue_size_max:
+                raise Overloaded(
+                    f"command queue full: {self._queued_commands} queued, "
+                    f"{len(commands)} more asked, limit {self.config.queue_size_max}"
+                )
+            self._queued_commands += len(commands)
+        self._requests.put(_Request(list(commands), future, loop))
         return await future
 
     async def wait_committed(self, position: int) -> None:
         """Return once everything up to ``position`` is in the WAL and in PostgreSQL."""
-        async with self._committed:
-            await self._committed.wait_for(
-                lambda: self._committed_position >= position or self.failure is not None
-            )
+        if self._committed_position >= position:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._waiters_lock:
+            if self._committed_position < position and self.failure is None:
+                self._waiters.append((position, loop, future))
+            else:
+                future.set_result(None)
+        await future
         if self._committed_position < position:
             raise NodeStopped(f"node stopped before position {position} was recorded")
 
     async def read_account(self, account_id: UUID) -> domain.Account | None:
         """The account as committed (never a state that a crash could undo)."""
-        if account_id not in self.state.accounts:
-            await self._load_ids({account_id}, set())
-        account = self.state.accounts.get(account_id)
-        image = account.copy() if account is not None else None
-        await self.wait_committed(self.position)
-        return image
+        image, position = await asyncio.to_thread(self._read, account_id, None)
+        await self.wait_committed(position)
+        return image if isinstance(image, domain.Account) else None
 
     async def read_transfer(self, transfer_id: UUID) -> domain.Transfer | None:
         """The transfer as committed."""
-        if transfer_id not in self.state.transfers:
-            await self._load_ids(set(), {transfer_id})
-        transfer = self.state.transfers.get(transfer_id)
-        image = transfer.copy() if transfer is not None else None
-        await self.wait_committed(self.position)
-        return image
+        image, position = await asyncio.to_thread(self._read, None, transfer_id)
+        await self.wait_committed(position)
+        return image if isinstance(image, domain.Transfer) else None
 
-    async def _load_ids(self, accounts: set[UUID], transfers: set[UUID]) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._load_thread, self._load_sync, accounts, transfers, True)
+    def _read(
+        self, account_id: UUID | None, transfer_id: UUID | None
+    ) -> tuple[domain.Account | domain.Transfer | None, int]:
+        with self._state_lock:
+            if account_id is not None:
+                if account_id not in self.state.accounts:
+                    self.cache.load({account_id}, set(), from_events=True)
+                account = self.state.accounts.get(account_id)
+                return (account.copy() if account else None), self.position
+            assert transfer_id is not None
+            if transfer_id not in self.state.transfers:
+                self.cache.load(set(), {transfer_id}, from_events=True)
+            transfer = self.state.transfers.get(transfer_id)
+            return (transfer.copy() if transfer else None), self.position
 
-    # -- batcher -----------------------------------------------------------------------
+    # -- decider thread ----------------------------------------------------------------
 
-    async def _batcher(self) -> None:
+    def _decider(self) -> None:
         batch: list[_Request] = []
         try:
-            while True:
-                first = await self._queue.get()
-                batch = [first]
-                size = len(first.commands)
-                if self.config.batch_wait_ms > 0 and size < self.config.batch_size_max:
-                    await asyncio.sleep(self.config.batch_wait_ms / 1000)
-                while size < self.config.batch_size_max and not self._queue.empty():
-                    nxt = self._queue.get_nowait()
-                    batch.append(nxt)
-                    size += len(nxt.commands)
-                job = await self._decide(batch)
-                await self._commit_q.put(job)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # a bug or a storage failure while loading
-            self._stop_with(exc, _Job([], [], None, batch, []))
+            while self.failure is None:
+                if not self._slots.acquire(timeout=self.config.pending_expiry_interval_ms / 1000):
+                    continue
+                batch = self._next_batch()
+                stop = bool(batch) and batch[-1] is _STOP
+                if stop:
+                    batch.pop()
+                if batch:
+                    self._jobs.put(self._decide(batch))
+                elif not stop and self._expiry_due():
+                    self._jobs.put(self._decide([_Request([self._expire_command()], None, None)]))
+                else:
+                    self._slots.release()
+                if stop:
+                    break
+        except BaseException as exc:  # a bug, or storage failing while loading
+            self._stop_with(exc, batch)
+        self._jobs.put(None)
 
-    async def _decide(self, batch: list[_Request]) -> _Job:
+    def _next_batch(self) -> list[_Request]:
+        timeout_s = self.config.pending_expiry_interval_ms / 1000
+        try:
+            first = self._requests.get(timeout=timeout_s)
+        except queue.Empty:
+            return []
+        if first is None:
+            return [_STOP]
+        batch = [first]
+        size = len(first.commands)
+        if self.config.batch_wait_ms > 0 and size < self.config.batch_size_max:
+            time.sleep(self.config.batch_wait_ms / 1000)
+        while size < self.config.batch_size_max:
+            try:
+                nxt = self._requests.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                batch.append(_STOP)
+                break
+            batch.append(nxt)
+            size += len(nxt.commands)
+        return batch
+
+    def _expiry_due(self) -> bool:
+        if not self._expire_pending or self._closing:
+            return False
+        with self._state_lock:
+            due = self.state.next_expiry_us()
+        return due is not None and due <= self._clock_us()
+
+    def _expire_command(self) -> domain.Command:
+        return domain.ExpirePendingTransfers(now_us=self._now_us())
+
+    def _decide(self, batch: list[_Request]) -> _Job:
         commands = [c for r in batch for c in r.commands]
-        await self._ensure_loaded(commands)
-        now_us = self._now_us()
-        outcomes_flat = domain.decide_batch(self.state, commands, now_us)
-        records = self._to_records(outcomes_flat, now_us)
-        outcomes: list[list[domain.CommandOutcome]] = []
+        with self._state_lock:
+            self.cache.ensure_loaded(commands)
+            now_us = self._now_us()
+            flat = domain.decide_batch(self.state, commands, now_us)
+            records = self._to_records(flat, now_us)
+        job = _Job(records, [], None, batch)
         i = 0
         for r in batch:
-            outcomes.append(outcomes_flat[i : i + len(r.commands)])
+            job.outcomes.append(flat[i : i + len(r.commands)])
             i += len(r.commands)
-        snapshots: list[SnapshotRow] = []
-        watermark: int | None = None
         if self.position - self._flushed_position >= self.config.snapshot_every_events:
-            snapshots = self._capture_snapshots()
-            watermark = self.position
+            with self._state_lock:
+                job.snapshots = self.cache.capture_snapshots()
+            job.watermark = self.position
             self._flushed_position = self.position
         self.metrics.batches += 1
         self.metrics.commands += len(commands)
         self.metrics.events += len(records)
         if self.metrics.observe_batch_size:
             self.metrics.observe_batch_size(len(commands))
-        return _Job(records, snapshots, watermark, batch, outcomes)
+        return job
 
     def _now_us(self) -> int:
         now = max(self._clock_us(), self._last_now_us)
@@ -320,9 +407,11 @@ class LedgerNode:
     ) -> list[EventRecord]:
         pending: list[PendingRecord] = []
         ids = _random_uuids(sum(len(o.events) for o in outcomes))
+        mark = self.cache.mark_dirty
+        to_data = domain.event_to_data
         for outcome in outcomes:
             for event in outcome.events:
-                self._mark_dirty(event)
+                mark(event)
                 pending.append(
                     PendingRecord(
                         event_id=next(ids),
@@ -331,7 +420,7 @@ class LedgerNode:
                         type=event.type,
                         schema_version=event.schema_version,
                         recorded_at_us=now_us,
-                        data=domain.event_to_data(event),
+                        data=to_data(event),
                     )
                 )
         if not pending:
@@ -341,200 +430,123 @@ class LedgerNode:
         self._last_hash = records[-1].hash
         return records
 
-    # -- committer ---------------------------------------------------------------------
+    # -- committer thread --------------------------------------------------------------
 
-    async def _committer(self) -> None:
-        loop = asyncio.get_running_loop()
-        job: _Job | None = None
-        try:
-            while True:
-                job = await self._commit_q.get()
-                if job is None:
-                    return
-                await loop.run_in_executor(
-                    self._commit_thread,
-                    self.recorder.commit,
-                    job.records,
-                    job.snapshots,
-                    job.watermark,
-                )
-                for request, outcomes in zip(job.requests, job.outcomes, strict=True):
-                    self._queued_commands -= len(request.commands)
-                    if not request.future.done():
-                        request.future.set_result(outcomes)
-                async with self._committed:
-                    if job.records:
-                        self._committed_position = job.records[-1].position
-                    self._committed.notify_all()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self._stop_with(exc, job)
+    def _wal_stage(self) -> None:
+        """Append each decided job to the WAL (one fdatasync), then pass it on. After a
+        failure it keeps draining jobs (failing their callers) until the end marker."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                self._inserts.put(None)
+                return
+            self._slots.release()
+            if self.failure is not None:
+                self._fail_requests(job.requests, NodeStopped(f"node stopped: {self.failure!r}"))
+                continue
+            try:
+                self.recorder.append(job.records)
+            except BaseException as exc:
+                self._stop_with(exc, job.requests)
+                continue
+            self._inserts.put(job)
 
-    def _stop_with(self, exc: BaseException, job: _Job | None = None) -> None:
+    def _store_stage(self) -> None:
+        """Insert each job into PostgreSQL (retried until it commits), then answer it."""
+        while True:
+            job = self._inserts.get()
+            if job is None:
+                return
+            if self.failure is not None:
+                self._fail_requests(job.requests, NodeStopped(f"node stopped: {self.failure!r}"))
+                continue
+            try:
+                self.recorder.insert(job.records, job.snapshots, job.watermark)
+                self._answer(job)
+            except BaseException as exc:
+                self._stop_with(exc, job.requests)
+
+    def _answer(self, job: _Job) -> None:
+        by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outcomes], Outcomes]]
+        ] = {}
+        done = 0
+        for request, outcomes in zip(job.requests, job.outcomes, strict=True):
+            done += len(request.commands)
+            if request.future is not None and request.loop is not None:
+                by_loop.setdefault(request.loop, []).append((request.future, outcomes))
+        with self._count_lock:
+            self._queued_commands -= sum(
+                len(r.commands) for r in job.requests if r.future is not None
+            )
+        if job.records:
+            self._committed_position = job.records[-1].position
+        for loop, pairs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+                loop.call_soon_threadsafe(_resolve, pairs)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        position = self._committed_position
+        ready: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        with self._waiters_lock:
+            keep = []
+            for item in self._waiters:
+                if item[0] <= position or self.failure is not None:
+                    ready.setdefault(item[1], []).append(item[2])
+                else:
+                    keep.append(item)
+            self._waiters = keep
+        for loop, futures in ready.items():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_wake, futures)
+
+    # -- failure -----------------------------------------------------------------------
+
+    def _stop_with(self, exc: BaseException, requests: list[_Request]) -> None:
         if self.failure is None:
             self.failure = exc
             _log.critical("ledger node stopped: %r", exc)
         stopped = NodeStopped(f"node stopped before recording: {exc!r}")
-        if job is not None:
-            for req in job.requests:
-                if not req.future.done():
-                    req.future.set_exception(stopped)
-        self._fail_all(stopped)
-        asyncio.get_running_loop().create_task(self._wake_waiters())
+        self._fail_requests(requests, stopped)
+        self._fail_queued(stopped)
+        self._requests.put(None)  # wake the decider so that it ends the job stream
+        self._wake_waiters()
 
-    async def _wake_waiters(self) -> None:
-        async with self._committed:
-            self._committed.notify_all()
-
-    def _fail_all(self, exc: NodeStopped) -> None:
-        while not self._queue.empty():
-            req = self._queue.get_nowait()
-            if not req.future.done():
-                req.future.set_exception(exc)
-        while not self._commit_q.empty():
-            job = self._commit_q.get_nowait()
-            if job is not None:
-                for req in job.requests:
-                    if not req.future.done():
-                        req.future.set_exception(exc)
-        self._queued_commands = 0
-
-    # -- expiry ------------------------------------------------------------------------
-
-    async def _expirer(self) -> None:
-        interval_s = self.config.pending_expiry_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval_s)
-            if self.failure is not None or self._closing:
-                return
-            due = self.state.next_expiry_us()
-            if due is None or due > self._clock_us():
-                continue
-            with contextlib.suppress(Overloaded, NodeStopped):
-                await self.submit([domain.ExpirePendingTransfers(now_us=self._clock_us())])
-
-    # -- loading state -----------------------------------------------------------------
-
-    def _load_tail(self) -> None:
-        """At start: pending transfers, then replay events after the snapshot watermark."""
-        head, head_hash = self.store.head()
-        self._committed_position = head
-        self._next_position = head + 1
-        self._last_hash = head_hash
-        watermark = self.store.watermark()
-        self._flushed_position = watermark
-        holds = [
-            domain.Transfer.from_snapshot(data)
-            for data in self.store.load_snapshots_where("transfer-", "pending_status", "pending")
-        ]
-        for hold in holds:
-            self.state.add_transfer(hold)
-        hold_accounts = {a for h in holds for a in (h.debit_account_id, h.credit_account_id)}
-        self._load_sync(hold_accounts, set(), from_events=False)
-        tail = list(self.store.read_positions(watermark + 1, head))
-        events = [domain.event_from_data(r.type, r.schema_version, dict(r.data)) for r in tail]
-        accounts: set[UUID] = set()
-        transfers: set[UUID] = set()
-        for event in events:
-            a, t = event_references(event)
-            accounts.update(a)
-            transfers.update(t)
-        self._load_sync(accounts, transfers, from_events=False)
-        for event in events:
-            domain.evolve(self.state, event)
-            self._mark_dirty(event)
-
-    async def _ensure_loaded(self, commands: Sequence[domain.Command]) -> None:
-        """Load every record the commands refer to that is not in memory: transfers
-        first, then accounts, including those of pending transfers that a post or void
-        refers to without naming its accounts."""
-        accounts: set[UUID] = set()
-        transfers: set[UUID] = set()
-        known_a = self.state.accounts
-        known_t = self.state.transfers
-        pending_ids: list[UUID] = []
-        for c in commands:
-            for a in c.referenced_account_ids():
-                if a not in known_a:
-                    accounts.add(a)
-            for t in c.referenced_transfer_ids():
-                if t not in known_t:
-                    transfers.add(t)
-            pending_id = getattr(c, "pending_id", None)
-            if pending_id is not None:
-                pending_ids.append(pending_id)
-        loop = asyncio.get_running_loop()
-        if transfers:
-            await loop.run_in_executor(self._load_thread, self._load_sync, set(), transfers, True)
-        for pending_id in pending_ids:
-            pending = known_t.get(pending_id)
-            if pending is not None:
-                for a in (pending.debit_account_id, pending.credit_account_id):
-                    if a not in known_a:
-                        accounts.add(a)
-        if accounts:
-            await loop.run_in_executor(self._load_thread, self._load_sync, accounts, set(), True)
-
-    def _load_sync(self, accounts: set[UUID], transfers: set[UUID], from_events: bool) -> None:
-        """:meth:`_load_once`, retried with bounded back-off while PostgreSQL is away."""
-        delay_s = 0.01
-        attempt = 0
+    def _fail_queued(self, exc: NodeStopped) -> None:
         while True:
             try:
-                self._load_once(accounts, transfers, from_events)
-                return
-            except EventStoreUnavailable as exc:
-                attempt += 1
-                if self._closing or attempt > LOAD_ATTEMPTS_MAX:
-                    raise
-                if attempt in (1, 10):
-                    _log.warning("loading records: event store unavailable: %s", exc)
-                time.sleep(delay_s)
-                delay_s = min(delay_s * 2, self.config.load_retry_max_ms / 1000)
+                req = self._requests.get_nowait()
+            except queue.Empty:
+                break
+            if req is not None:
+                self._fail_requests([req], exc)
+        for jobs in (self._jobs, self._inserts):
+            end_of_stream = False
+            while True:
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    end_of_stream = True
+                else:
+                    if jobs is self._jobs:
+                        self._slots.release()
+                    self._fail_requests(job.requests, exc)
+            if end_of_stream:
+                jobs.put(None)
 
-    def _load_once(self, accounts: set[UUID], transfers: set[UUID], from_events: bool) -> None:
-        """Put the records' current state into the cache (see the module docstring)."""
-        account_streams = [f"account-{a}" for a in accounts]
-        transfer_streams = [f"transfer-{t}" for t in transfers]
-        snaps, firsts = self.store.load_records(
-            account_streams + transfer_streams, transfer_streams if from_events else []
-        )
-        state = self.state
-        for stream_id, data in snaps.items():
-            if stream_id.startswith("account-"):
-                account = domain.Account.from_snapshot(data)
-                if account.id not in state.accounts:
-                    state.add_account(account)
-            else:
-                transfer = domain.Transfer.from_snapshot(data)
-                if transfer.id not in state.transfers:
-                    state.add_transfer(transfer)
-        for stream_id, first in firsts.items():
-            if stream_id in snaps:
-                continue
-            event = domain.event_from_data(first.type, first.schema_version, dict(first.data))
-            transfer = transfer_from_event(event)
-            if transfer.id not in state.transfers:
-                state.add_transfer(transfer)
+    def _fail_requests(self, requests: list[_Request], exc: NodeStopped) -> None:
+        for req in requests:
+            if req.future is not None and req.loop is not None and not req.future.done():
+                with contextlib.suppress(RuntimeError):
+                    req.loop.call_soon_threadsafe(_reject, [req.future], exc)
+        with self._count_lock:
+            self._queued_commands = max(
+                0, self._queued_commands - sum(len(r.commands) for r in requests if r.future)
+            )
 
-    # -- snapshots ---------------------------------------------------------------------
 
-    def _mark_dirty(self, event: domain.Event) -> None:
-        accounts, transfers = event_references(event)
-        self._dirty_accounts.update(accounts)
-        self._dirty_transfers.update(transfers)
-
-    def _capture_snapshots(self) -> list[SnapshotRow]:
-        rows: list[SnapshotRow] = []
-        for account_id in self._dirty_accounts:
-            account = self.state.accounts.get(account_id)
-            if account is not None:
-                rows.append(SnapshotRow(f"account-{account_id}", 1, account.to_snapshot()))
-        for transfer_id in self._dirty_transfers:
-            transfer = self.state.transfers.get(transfer_id)
-            if transfer is not None and transfer.flags.pending:
-                rows.append(SnapshotRow(f"transfer-{transfer_id}", 1, transfer.to_snapshot()))
-        self._dirty_accounts.clear()
-        self._dirty_transfers.clear()
-        return rows
+_STOP = _Request([], None, None)
+"""Marks the end of the request stream inside a batch (close() was called)."""

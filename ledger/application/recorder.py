@@ -3,8 +3,10 @@
 Order. Every batch is appended to the write-ahead log and made durable with one
 ``fdatasync`` before it is inserted into PostgreSQL, and callers are answered only after
 both. So at every instant **PostgreSQL holds exactly a prefix of the WAL, and the WAL is
-ahead by at most the batch in flight**. Batches are recorded strictly one after another
-by the book's only writer, so position order is commit order in both places.
+ahead by at most the batches in flight** (the node runs the two steps as two pipeline
+stages, so the WAL may sync batch N+1 while PostgreSQL commits batch N: at most two
+batches). Batches are recorded strictly one after another by the book's only writer, so
+position order is commit order in both places.
 
 Failures. A WAL write or fsync error is fatal: the process must stop and recover from
 disk, because after a failed fsync the page cache can no longer be trusted (the
@@ -195,11 +197,24 @@ class Recorder:
     ) -> None:
         """1. WAL append + fdatasync (fatal on error); 2. PostgreSQL in one transaction,
         retried until it commits. Returns only when both hold the batch."""
+        self.append(records)
+        self.insert(records, snapshots, watermark)
+
+    def append(self, records: Sequence[EventRecord]) -> None:
+        """Step 1 alone: the batch is durable in the WAL when this returns."""
         if records:
             t0 = time.perf_counter()
             self.wal.append_batch(records)
             if self.observe_wal_s:
                 self.observe_wal_s(time.perf_counter() - t0)
+
+    def insert(
+        self,
+        records: Sequence[EventRecord],
+        snapshots: Sequence[SnapshotLike] = (),
+        watermark: int | None = None,
+    ) -> None:
+        """Step 2 alone (after :meth:`append` of the same batch): PostgreSQL, retried."""
         if records or snapshots:
             t1 = time.perf_counter()
             self._insert_with_retry(records, snapshots, watermark)

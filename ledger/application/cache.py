@@ -1,0 +1,174 @@
+"""The node's in-memory state of its book, and how it is filled from storage.
+
+Since the node is the only writer, its cache is authoritative: a record that is in memory
+is current. A record that is not in memory has not changed since the snapshot watermark,
+so its snapshot (accounts, pending transfers) or its creating event (transfers that are
+not holds never change) is current too. At start the cache loads every open hold (so
+expiry finds them) and replays the events after the watermark.
+
+Snapshots: the cache remembers which records changed since the last snapshot; every
+``snapshot_every_events`` events the node saves those records, with the batch that
+reaches the threshold, in the same PostgreSQL transaction, and that batch's last position
+becomes the new watermark.
+
+All methods run on the node's decider thread (or before it starts).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from uuid import UUID
+
+from ledger import domain
+from ledger.adapters.postgres import SnapshotRow
+from ledger.application.errors import EventStoreUnavailable
+from ledger.application.loading import event_references, transfer_from_event
+from ledger.application.ports import EventStore
+
+__all__ = ["BookCache"]
+
+_log = logging.getLogger(__name__)
+LOAD_ATTEMPTS_MAX = 10_000
+
+
+class BookCache:
+    """``state`` plus lazy loading and snapshot bookkeeping."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        load_retry_max_ms: int = 2000,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.state = domain.BookState()
+        self.dirty_accounts: set[UUID] = set()
+        self.dirty_transfers: set[UUID] = set()
+        self._load_retry_max_ms = load_retry_max_ms
+        self._stopping = stopping
+
+    # -- at start ------------------------------------------------------------------------
+
+    def load_tail(self, head: int) -> int:
+        """Load the open holds, then replay events after the watermark; return it."""
+        watermark = self.store.watermark()
+        holds = [
+            domain.Transfer.from_snapshot(data)
+            for data in self.store.load_snapshots_where("transfer-", "pending_status", "pending")
+        ]
+        for hold in holds:
+            self.state.add_transfer(hold)
+        hold_accounts = {a for h in holds for a in (h.debit_account_id, h.credit_account_id)}
+        self.load(hold_accounts, set(), from_events=False)
+        tail = list(self.store.read_positions(watermark + 1, head))
+        events = [domain.event_from_data(r.type, r.schema_version, dict(r.data)) for r in tail]
+        accounts: set[UUID] = set()
+        transfers: set[UUID] = set()
+        for event in events:
+            a, t = event_references(event)
+            accounts.update(a)
+            transfers.update(t)
+        self.load(accounts, transfers, from_events=False)
+        for event in events:
+            domain.evolve(self.state, event)
+            self.mark_dirty(event)
+        return watermark
+
+    # -- before deciding -----------------------------------------------------------------
+
+    def ensure_loaded(self, commands: Sequence[domain.Command]) -> None:
+        """Load every record the commands refer to that is not in memory: transfers
+        first, then accounts, including those of a pending transfer that a post or void
+        refers to without naming its accounts."""
+        known_a = self.state.accounts
+        known_t = self.state.transfers
+        accounts: set[UUID] = set()
+        transfers: set[UUID] = set()
+        pending_ids: list[UUID] = []
+        for c in commands:
+            for a in c.referenced_account_ids():
+                if a not in known_a:
+                    accounts.add(a)
+            for t in c.referenced_transfer_ids():
+                if t not in known_t:
+                    transfers.add(t)
+            pending_id = getattr(c, "pending_id", None)
+            if pending_id is not None:
+                pending_ids.append(pending_id)
+        if transfers:
+            self.load(set(), transfers, from_events=True)
+        for pending_id in pending_ids:
+            pending = known_t.get(pending_id)
+            if pending is not None:
+                for a in (pending.debit_account_id, pending.credit_account_id):
+                    if a not in known_a:
+                        accounts.add(a)
+        if accounts:
+            self.load(accounts, set(), from_events=True)
+
+    def load(self, accounts: set[UUID], transfers: set[UUID], from_events: bool) -> None:
+        """:meth:`_load_once`, retried with bounded back-off while PostgreSQL is away."""
+        delay_s = 0.01
+        attempt = 0
+        while True:
+            try:
+                self._load_once(accounts, transfers, from_events)
+                return
+            except EventStoreUnavailable as exc:
+                attempt += 1
+                if self._stopping() or attempt > LOAD_ATTEMPTS_MAX:
+                    raise
+                if attempt in (1, 10):
+                    _log.warning("loading records: event store unavailable: %s", exc)
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, self._load_retry_max_ms / 1000)
+
+    def _load_once(self, accounts: set[UUID], transfers: set[UUID], from_events: bool) -> None:
+        account_streams = [f"account-{a}" for a in accounts]
+        transfer_streams = [f"transfer-{t}" for t in transfers]
+        snaps, firsts = self.store.load_records(
+            account_streams + transfer_streams, transfer_streams if from_events else []
+        )
+        state = self.state
+        for stream_id, data in snaps.items():
+            if stream_id.startswith("account-"):
+                account = domain.Account.from_snapshot(data)
+                if account.id not in state.accounts:
+                    state.add_account(account)
+            else:
+                transfer = domain.Transfer.from_snapshot(data)
+                if transfer.id not in state.transfers:
+                    state.add_transfer(transfer)
+        for stream_id, first in firsts.items():
+            if stream_id in snaps:
+                continue
+            event = domain.event_from_data(first.type, first.schema_version, dict(first.data))
+            transfer = transfer_from_event(event)
+            if transfer.id not in state.transfers:
+                state.add_transfer(transfer)
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def mark_dirty(self, event: domain.Event) -> None:
+        accounts, transfers = event_references(event)
+        self.dirty_accounts.update(accounts)
+        self.dirty_transfers.update(transfers)
+
+    def capture_snapshots(self) -> list[SnapshotRow]:
+        """Snapshot rows of every record changed since the last capture (holds only for
+        transfers: other transfers never change and reload from their event)."""
+        rows: list[SnapshotRow] = []
+        for account_id in self.dirty_accounts:
+            account = self.state.accounts.get(account_id)
+            if account is not None:
+                rows.append(SnapshotRow(f"account-{account_id}", 1, account.to_snapshot()))
+        for transfer_id in self.dirty_transfers:
+            transfer = self.state.transfers.get(transfer_id)
+            if transfer is not None and transfer.flags.pending:
+                rows.append(SnapshotRow(f"transfer-{transfer_id}", 1, transfer.to_snapshot()))
+        self.dirty_accounts.clear()
+        self.dirty_transfers.clear()
+        return rows
