@@ -153,6 +153,13 @@ class BookCache:
     # -- snapshots -----------------------------------------------------------------------
 
     def mark_dirty(self, event: domain.Event) -> None:
+        """Remember what the event changed, for the next snapshot. Transfers that are
+        not holds never change after creation and are never snapshotted, so a plain
+        ``TransferCreated`` (the hot path) only marks its two accounts."""
+        if type(event) is domain.TransferCreated and not event.flags.pending:
+            self.dirty_accounts.add(event.debit_account_id)
+            self.dirty_accounts.add(event.credit_account_id)
+            return
         accounts, transfers = event_references(event)
         self.dirty_accounts.update(accounts)
         self.dirty_transfers.update(transfers)
