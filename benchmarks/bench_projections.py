@@ -1,0 +1,272 @@
+"""Projection benchmarks: apply throughput per projection, end-to-end lag at a steady
+transfer rate (node -> relay -> workers), and the WAL replay's speed.
+
+Run: ``.venv/bin/python -m benchmarks.bench_projections [--quick] [--rate N]``. Figures are
+medians of ``--runs`` runs. Everything shares the machine: PostgreSQL, the broker, the
+relay and worker processes and the node all compete for the same cores, which is the
+point of the end-to-end figure (the lag a single box sustains).
+
+* apply: a synthetic book (``projections.workload``) in the event store; each projection
+  applies it from memory in batches of ``CHUNK_EVENTS`` (one transaction per batch, with
+  its checkpoint), from empty tables; events/s.
+* lag: a node takes transfers at ``--rate`` per second (batches every 10 ms) while
+  ``ledger relay`` and ``ledger project`` run as separate processes; every 20 ms the
+  slowest projection's checkpoint is compared with the time its position was committed.
+* replay: ``ledger.audit.replay_wal`` over the WAL of the synthetic book, with the event
+  store and read-model checks; events/s of the WAL pass, and of the whole audit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+
+from ledger import domain
+from ledger.adapters.migrate import upgrade
+from ledger.adapters.postgres import PostgresEventStore
+from ledger.adapters.wal import open_wal
+from ledger.application.node import LedgerNode, NodeConfig
+from ledger.application.recorder import Recorder
+from ledger.audit import replay_wal
+from ledger.devservices import start_kafka, start_postgres
+from projections import all_projections
+from projections.tracking import CHUNK_EVENTS, apply_records, dsn, iter_events
+from projections.workload import SyntheticBook, store_records
+
+
+def bench_apply(db: str, book_id: str, runs: int) -> dict[str, float]:
+    """Events/s each projection applies, from memory, into empty tables."""
+    with psycopg.connect(dsn(db), autocommit=True) as conn:
+        records = [r for chunk in iter_events(conn, book_id, 1, 1 << 62) for r in chunk]
+        out: dict[str, float] = {}
+        for projection in all_projections():
+            rates = []
+            for _ in range(runs):
+                for table in projection.tables:
+                    conn.execute(f"TRUNCATE {table.name}")
+                conn.execute(
+                    "DELETE FROM projection_checkpoints WHERE projection = %s", (projection.name,)
+                )
+                started = time.perf_counter()
+                for i in range(0, len(records), CHUNK_EVENTS):
+                    apply_records(conn, projection, book_id, records[i : i + CHUNK_EVENTS])
+                rates.append(len(records) / (time.perf_counter() - started))
+            out[projection.name] = statistics.median(rates)
+    return out
+
+
+def bench_replay(db: str, wal_dir: Path, book_id: str, runs: int) -> tuple[float, float, int]:
+    """(WAL pass events/s, whole audit events/s, events), medians."""
+    wal_rates, audit_rates, events = [], [], 0
+    for _ in range(runs):
+        report = replay_wal(wal_dir, db, book_id)
+        events = report.events
+        wal_rates.append(report.events / report.replay_s)
+        audit_rates.append(report.events / report.duration_s)
+    return statistics.median(wal_rates), statistics.median(audit_rates), events
+
+
+async def drive_node(
+    db: str, wal_dir: Path, rate: int, seconds: float, commits: list[tuple[float, int]]
+) -> tuple[float, int]:
+    """Submit transfers at ``rate``/s for ``seconds``; record (time, committed position)."""
+    wal, _ = open_wal(wal_dir, 64 << 20)
+    node = await LedgerNode.open(
+        Recorder(wal, PostgresEventStore(db, "bench"), retry_max_ms=1000), NodeConfig()
+    )
+    try:
+        accounts = [uuid.uuid4() for _ in range(1000)]
+        await node.submit([domain.OpenAccount(id=a, ledger="EUR", code=1) for a in accounts])
+        commits.append((time.monotonic(), node.position))
+        rng = random.Random(1)
+        tick_s = 0.01
+        per_tick = max(1, int(rate * tick_s))
+        started = time.monotonic()
+        sent = 0
+        pending: set[asyncio.Task[object]] = set()
+
+        async def submit(commands: list[domain.Command]) -> None:
+            await node.submit(commands)
+            commits.append((time.monotonic(), node.position))
+
+        while time.monotonic() - started < seconds:
+            commands: list[domain.Command] = []
+            for _ in range(per_tick):
+                debit, credit = rng.sample(accounts, 2)
+                commands.append(
+                    domain.CreateTransfer(
+                        id=uuid.uuid4(),
+                        debit_account_id=debit,
+                        credit_account_id=credit,
+                        amount_minor=rng.randint(1, 1000),
+                        ledger="EUR",
+                        code=1,
+                    )
+                )
+            task = asyncio.create_task(submit(commands))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            sent += per_tick
+            next_tick = started + (sent / per_tick) * tick_s
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+        await asyncio.gather(*pending)
+        elapsed = time.monotonic() - started
+        return sent / elapsed, node.position
+    finally:
+        await node.close()
+
+
+def bench_lag(db: str, bootstrap: str, tmp: Path, rate: int, seconds: float) -> dict[str, float]:
+    env = {
+        **os.environ,
+        "LEDGER_DATABASE_URL": db,
+        "LEDGER_KAFKA_BOOTSTRAP": bootstrap,
+        "LEDGER_KAFKA_TOPIC": f"bench-{uuid.uuid4().hex[:8]}",
+        "LEDGER_KAFKA_PARTITIONS": "3",
+        "LEDGER_PROJECTION_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+        "LEDGER_RELAY_POLL_INTERVAL_MS": "5",
+    }
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", *command],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for command in (["relay"], ["project"])
+    ]
+    commits: list[tuple[float, int]] = []
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        with psycopg.connect(dsn(db), autocommit=True) as conn:
+            while not stop.is_set():
+                row = conn.execute(
+                    "SELECT count(*), coalesce(min(position), 0) FROM projection_checkpoints "
+                    "WHERE book_id = 'bench'"
+                ).fetchone()
+                assert row is not None
+                samples.append((time.monotonic(), int(row[1]) if row[0] == 4 else 0))
+                time.sleep(0.02)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        time.sleep(3)  # workers join their group
+        achieved, head = asyncio.run(drive_node(db, tmp / "wal-lag", rate, seconds, commits))
+        done_at = time.monotonic()
+        deadline = done_at + 120
+        while time.monotonic() < deadline and (not samples or samples[-1][1] < head):
+            time.sleep(0.05)
+        drained_s = time.monotonic() - done_at
+    finally:
+        stop.set()
+        poller.join()
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    lags = []
+    times = [c[0] for c in commits]
+    positions = [c[1] for c in commits]
+    import bisect
+
+    for at, position in samples:
+        if position <= positions[0] or at > done_at:
+            continue
+        i = bisect.bisect_left(positions, position)
+        if i < len(times):
+            lags.append(max(0.0, at - times[i]))
+    lags.sort()
+    return {
+        "rate": achieved,
+        "events": float(head),
+        "p50_s": lags[len(lags) // 2] if lags else float("nan"),
+        "p99_s": lags[int(len(lags) * 0.99)] if lags else float("nan"),
+        "max_s": lags[-1] if lags else float("nan"),
+        "drain_s": drained_s,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_projections", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small run (smoke)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=20_000, help="transfers/s for the lag run")
+    parser.add_argument("--seconds", type=float, default=None)
+    args = parser.parse_args(argv)
+    runs = 1 if args.quick else args.runs
+    batches, size = (20, 1000) if args.quick else (100, 2000)
+    seconds = args.seconds or (3.0 if args.quick else 15.0)
+    pg = start_postgres("LEDGER_BENCH_DATABASE_URL")
+    kafka = start_kafka("LEDGER_BENCH_KAFKA_BOOTSTRAP")
+    from benchmarks.peer_eventsourcing import fresh_database
+
+    print(
+        f"machine: {os.cpu_count()} cores (shared); PostgreSQL {pg.origin}; broker {kafka.origin}"
+    )
+    try:
+        with (
+            fresh_database(pg.url, prefix="bench_proj") as db,
+            tempfile.TemporaryDirectory(
+                dir=os.environ.get("LEDGER_BENCH_DIR", "."), prefix=".bench-proj-"
+            ) as tmp,
+        ):
+            upgrade(db)
+            book = SyntheticBook(seed=1, accounts_per_ledger=500)
+            wal_dir = Path(tmp) / "wal"
+            events = store_records(
+                db, "synthetic", list(book.batches(batches, size)), wal_dir=wal_dir
+            )
+            rates = bench_apply(db, "synthetic", runs)
+            for name, rate in rates.items():
+                print(
+                    f"apply {name}: {rate:,.0f} events/s "
+                    f"({events:,} events, batches of {CHUNK_EVENTS})",
+                    flush=True,
+                )
+            wal_rate, audit_rate, replayed = bench_replay(db, wal_dir, "synthetic", runs)
+            print(
+                f"wal replay: {wal_rate:,.0f} events/s re-deriving balances from the WAL "
+                f"(store checked in parallel); whole audit incl. read models "
+                f"{audit_rate:,.0f} events/s ({replayed:,} events)",
+                flush=True,
+            )
+            lag_runs = [
+                bench_lag(db, kafka.bootstrap, Path(tmp), args.rate, seconds) for _ in range(runs)
+            ]
+            lag = {k: statistics.median(r[k] for r in lag_runs) for k in lag_runs[0]}
+            print(
+                f"end-to-end at {args.rate:,}/s asked, {lag['rate']:,.0f} transfers/s "
+                f"sustained by the node for {seconds:.0f} s: projection lag p50 "
+                f"{lag['p50_s'] * 1000:,.0f} ms, p99 {lag['p99_s'] * 1000:,.0f} ms, max "
+                f"{lag['max_s'] * 1000:,.0f} ms; caught up {lag['drain_s']:.1f} s after the load",
+                flush=True,
+            )
+    finally:
+        kafka.close()
+        pg.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
