@@ -21,7 +21,7 @@ leaves a state from which redelivery continues exactly.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -265,11 +265,3 @@ def apply_records(
 
 def _position(record: EventRecord) -> int:
     return record.position
-
-
-def group_by_book(items: Sequence[tuple[str, EventRecord]]) -> dict[str, list[EventRecord]]:
-    """``(book_id, record)`` pairs grouped by book, keeping their order."""
-    out: dict[str, list[EventRecord]] = {}
-    for book_id, record in items:
-        out.setdefault(book_id, []).append(record)
-    return out

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ class WorkerConfig:
     heartbeat_interval_ms: int = 1000
     catchup_interval_ms: int = 2000
     retry_max_ms: int = 5000
+    parallel: bool = True
 
 
 def group_id_for(prefix: str, projections: Sequence[Projection]) -> str:
@@ -128,7 +130,8 @@ class ProjectionWorker:
         self.config = config
         self.stats = WorkerStats()
         self.on_batch = on_batch
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conns: dict[str, psycopg.Connection[Any]] = {}
+        self._executor: ThreadPoolExecutor | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -166,8 +169,11 @@ class ProjectionWorker:
 
     async def close(self) -> None:
         await self._close_consumer()
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown)
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
             await asyncio.to_thread(conn.close)
 
     def catch_up(self) -> list[AppliedBatch]:
@@ -183,17 +189,38 @@ class ProjectionWorker:
         return results
 
     def apply_batch(self, by_book: dict[str, list[EventRecord]]) -> list[AppliedBatch]:
-        """Apply one batch: one transaction per projection and book."""
-        conn = self._connection()
-        results: list[AppliedBatch] = []
-        for projection in self.projections:
-            for book_id, records in by_book.items():
-                result = apply_records(conn, projection, book_id, records)
-                results.append(result)
-                if self.on_batch is not None:
-                    self.on_batch(result)
+        """Apply one batch: one transaction per projection and book. With ``parallel``,
+        each projection uses its own connection and thread, so PostgreSQL works on all
+        of them at once while Python prepares the next."""
+        if self.config.parallel and len(self.projections) > 1:
+            futures = [
+                self._pool().submit(self._apply_one, projection, by_book)
+                for projection in self.projections
+            ]
+            results = [r for future in futures for r in future.result()]
+        else:
+            results = [r for p in self.projections for r in self._apply_one(p, by_book)]
         self.stats.add(results)
         return results
+
+    def _apply_one(
+        self, projection: Projection, by_book: dict[str, list[EventRecord]]
+    ) -> list[AppliedBatch]:
+        conn = self._connection(projection.name)
+        results = []
+        for book_id, records in by_book.items():
+            result = apply_records(conn, projection, book_id, records)
+            results.append(result)
+            if self.on_batch is not None:
+                self.on_batch(result)
+        return results
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=len(self.projections), thread_name_prefix="projection"
+            )
+        return self._executor
 
     # -- internals ---------------------------------------------------------------------
 
@@ -213,10 +240,11 @@ class ProjectionWorker:
             self.stats.commit_failures += 1
             _log.info("projection worker: offset commit failed (%s); continuing", exc)
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.database_url)
-        return self._conn
+    def _connection(self, name: str = "") -> psycopg.Connection[Any]:
+        conn = self._conns.get(name)
+        if conn is None or conn.closed:
+            conn = self._conns[name] = connect(self.database_url)
+        return conn
 
     async def _consumer_started(self) -> AIOKafkaConsumer:
         if self._consumer is None:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -85,7 +86,10 @@ def test_a_worker_that_dies_between_projections_is_exact_after_restart(
         await publish_all(relay)
         config = worker_config(kafka.bootstrap, topic, group, batch_size_max=300)
         first = ProjectionWorker(
-            database_url, all_projections(), config, on_batch=crash_on_the_fifth
+            database_url,
+            all_projections(),
+            replace(config, parallel=False),
+            on_batch=crash_on_the_fifth,
         )
         with pytest.raises(Crash):
             await first.run()

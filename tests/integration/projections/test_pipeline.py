@@ -123,7 +123,7 @@ def kafka_names() -> tuple[str, str]:
 def worker_config(bootstrap: str, topic: str, group: str, **kw: int) -> WorkerConfig:
     settings = {
         "partitions": 3,
-        "session_timeout_ms": 6000,
+        "session_timeout_ms": 2000,
         "heartbeat_interval_ms": 200,
         "catchup_interval_ms": 60_000,
         "batch_size_max": 200,
