@@ -116,6 +116,7 @@ __all__ = [
     "is_open_for_writing",
     "open_wal",
     "read_wal",
+    "scan_records",
     "segment_paths",
     "verify_wal",
 ]
@@ -964,22 +965,25 @@ def _decode(buf: bytes, off: int, position: int, prev: bytes, path: Path, base: 
     return record
 
 
-def _read_segments(
+_SegmentChunk = tuple[Path, bytes, int, list[int], bytes, int]
+
+
+def _walk_segments(
     paths: Sequence[Path],
     from_position: int,
-    to_position: int,
+    to_position: int | None,
     start_at: _IndexEntry | None = None,
-) -> Iterator[EventRecord]:
-    """Records ``from_position..to_position`` of the segments ``paths`` (all of the log),
-    each checked as in :func:`_scan_frames`, then decoded and cross-checked; the log must
-    reach ``to_position``. This is the "after reading" half of the assertion pair.
-    Memory stays bounded by one chunk's records. ``start_at``, an index entry in the
-    segment holding ``from_position``, lets the scan skip the records before it."""
-    if from_position > to_position:
-        return
+) -> Iterator[_SegmentChunk]:
+    """The checked records of the log ``paths`` from the segment holding
+    ``from_position`` through ``to_position`` (the end of the data when ``None``), a chunk
+    at a time: ``(segment, buf, base, offsets, prev_hash, position)`` as
+    :func:`_scan_chunks` yields them. Damage raises :class:`WalCorruption`, as does a log
+    that ends before ``to_position`` or (with ``None``) in an unfinished batch.
+    ``start_at``, an index entry in the first segment, skips the records before it."""
     firsts = [int(path.name[:20]) for path in paths]
     start = max(bisect_right(firsts, from_position) - 1, 0)
     chain: _Chain | None = None
+    stop_position = -1 if to_position is None else to_position
     for index in range(start, len(paths)):
         path = paths[index]
         fd = os.open(path, os.O_RDONLY)
@@ -997,25 +1001,36 @@ def _read_segments(
             if index == start and start_at is not None:
                 begin = start_at
             chain = _Chain(begin[0], begin[2], begin[1])
-            scan = _scan_chunks(fd, size, begin[1], chain, True, to_position, None)
+            scan = _scan_chunks(fd, size, begin[1], chain, True, stop_position, None)
             while True:
                 try:
                     buf, base, offsets, prev, position = next(scan)
                 except StopIteration as done:
                     stop_offset, kind, info = done.value
                     break
-                for off in offsets:
-                    record_end = off + _FRAME_BYTES + _FRAME.unpack_from(buf, off)[0]
-                    if position >= from_position:
-                        yield _decode(buf, off, position, prev, path, base)
-                    prev = buf[record_end - _HASH_BYTES : record_end]
-                    position += 1
+                yield path, buf, base, offsets, prev, position
+            at_the_end = kind == _END and to_position is None and index == len(paths) - 1
+            if at_the_end and _nonzero_end(fd, stop_offset, size) > stop_offset:
+                kind = _BAD_FRAME
+                info = (
+                    "zero length field followed by non-zero bytes "
+                    f"(record position {chain.expected})"
+                )
         finally:
             os.close(fd)
         if kind == _STOPPED:
             return
         if kind in (_BAD_FRAME, _BAD_CONTENT):
             raise WalCorruption(path, stop_offset, str(info), chain.expected)
+        if to_position is None and chain.batch_open:
+            raise WalCorruption(
+                path,
+                chain.batch_start_offset,
+                f"unfinished batch {chain.batch_first}..{chain.batch_last}",
+                chain.batch_first,
+            )
+    if to_position is None:
+        return
     reached = chain.expected - 1 if chain is not None else 0
     raise WalCorruption(
         paths[-1],
@@ -1023,6 +1038,63 @@ def _read_segments(
         f"the log ends at position {reached} but position {to_position} was expected",
         reached + 1,
     )
+
+
+def _read_segments(
+    paths: Sequence[Path],
+    from_position: int,
+    to_position: int,
+    start_at: _IndexEntry | None = None,
+) -> Iterator[EventRecord]:
+    """Records ``from_position..to_position`` of the segments ``paths`` (all of the log),
+    each checked as in :func:`_scan_frames`, then decoded and cross-checked; the log must
+    reach ``to_position``. This is the "after reading" half of the assertion pair.
+    Memory stays bounded by one chunk's records."""
+    if from_position > to_position:
+        return
+    for path, buf, base, offsets, prev, position in _walk_segments(
+        paths, from_position, to_position, start_at
+    ):
+        for off in offsets:
+            record_end = off + _FRAME_BYTES + _FRAME.unpack_from(buf, off)[0]
+            if position >= from_position:
+                yield _decode(buf, off, position, prev, path, base)
+            prev = buf[record_end - _HASH_BYTES : record_end]
+            position += 1
+
+
+def scan_records(
+    directory: Path, from_position: int = 1, to_position: int | None = None
+) -> Iterator[tuple[int, bytes, bytes]]:
+    """``(position, canonical bytes, hash)`` of each record, read-only, one pass.
+
+    Each record is checked as :func:`verify_wal` checks it (CRC32C, position, batch
+    fields, ``hash == sha256(prev_hash || canonical bytes)``, segment headers) but not
+    decoded: for readers that parse the JSON themselves, at about the speed of
+    ``verify``. Reads through ``to_position``, or to the end of the data when ``None``.
+    Raises :class:`WalCorruption` where the log is damaged, including a torn tail
+    (after yielding the intact records before it): :func:`verify_wal` tells the two
+    apart.
+    """
+    if from_position < 1:
+        raise ValueError(f"from_position must be >= 1, got {from_position}")
+    paths = segment_paths(Path(directory))
+    if not paths:
+        raise FileNotFoundError(f"no WAL segment files (*.wal) in {directory}")
+    if to_position is not None and from_position > to_position:
+        return
+    unpack = _RECORD_HEAD.unpack_from
+    for _, buf, _, offsets, _, position in _walk_segments(paths, from_position, to_position):
+        for off in offsets:
+            if position >= from_position:
+                length, _, _, _, _, canonical_length = unpack(buf, off)
+                record_end = off + _FRAME_BYTES + length
+                yield (
+                    position,
+                    buf[off + _RECORD_HEAD_BYTES : off + _RECORD_HEAD_BYTES + canonical_length],
+                    buf[record_end - _HASH_BYTES : record_end],
+                )
+            position += 1
 
 
 def read_wal(

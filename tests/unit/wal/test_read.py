@@ -9,7 +9,7 @@ from pathlib import Path
 import google_crc32c
 import pytest
 
-from ledger.adapters.wal import WalCorruption, open_wal, read_wal, verify_wal
+from ledger.adapters.wal import WalCorruption, open_wal, read_wal, scan_records, verify_wal
 from ledger.application.records import GENESIS_HASH, compute_hash, verify_chain
 
 from .support import all_frames, flip_bit, frames, make_records, segments, write_log
@@ -110,3 +110,44 @@ def test_read_rejects_a_position_below_one(tmp_path: Path) -> None:
     write_log(tmp_path, [1])
     with pytest.raises(ValueError):
         list(read_wal(tmp_path, 0))
+
+
+def test_scan_records_yields_the_checked_canonical_bytes_and_hashes(tmp_path: Path) -> None:
+    records = write_log(tmp_path, [3, 1, 4, 1, 5] * 3, segment_size_bytes=4096)
+    expected = [(r.position, r.canonical(), r.hash) for r in records]
+    assert list(scan_records(tmp_path)) == expected
+    assert list(scan_records(tmp_path, 7, 19)) == expected[6:19]
+    assert list(scan_records(tmp_path, len(records))) == expected[-1:]
+    assert list(scan_records(tmp_path, 5, 4)) == []
+
+
+def test_scan_records_raises_where_the_log_is_damaged(tmp_path: Path) -> None:
+    write_log(tmp_path, [1] * 6)
+    (segment,) = segments(tmp_path)
+    bad = frames(segment)[3]
+    flip_bit(segment, bad.offset + 40)
+    seen: list[int] = []
+    with pytest.raises(WalCorruption) as caught:
+        for position, _, _ in scan_records(tmp_path):
+            seen.append(position)
+    assert seen == [1, 2, 3]
+    assert (caught.value.segment, caught.value.offset) == (segment, bad.offset)
+
+
+def test_scan_records_does_not_stop_quietly_at_a_zeroed_length_field(tmp_path: Path) -> None:
+    write_log(tmp_path, [1] * 6)
+    (segment,) = segments(tmp_path)
+    hole = frames(segment)[2]
+    data = bytearray(segment.read_bytes())
+    data[hole.offset : hole.offset + 4] = bytes(4)
+    segment.write_bytes(bytes(data))
+    with pytest.raises(WalCorruption, match="zero length field followed by non-zero bytes"):
+        list(scan_records(tmp_path))
+
+
+def test_scan_records_raises_at_an_unfinished_last_batch(tmp_path: Path) -> None:
+    write_log(tmp_path, [2, 4])
+    (segment,) = segments(tmp_path)
+    segment.write_bytes(segment.read_bytes()[: frames(segment)[4].offset])
+    with pytest.raises(WalCorruption, match=r"unfinished batch 3\.\.6"):
+        list(scan_records(tmp_path))
