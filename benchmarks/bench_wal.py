@@ -4,13 +4,14 @@ and verify/read speed.
 For each batch size the same events (about 200 bytes of ``data`` each) are appended with
 ``FileWal.append_batch`` (one ``pwrite`` + one ``fdatasync`` per batch, after checking the
 chain and framing every record), and then the very bytes the WAL wrote are written again
-by a bare ``os.write`` + ``os.fdatasync`` loop with the same batch boundaries: the ratio
+by a bare write (``os.pwrite``) + ``os.fdatasync`` loop with the same batch boundaries: the ratio
 is what the WAL costs on top of the disk. Runs alternate (WAL, raw, WAL, raw, ...) so
 both see the same noise on a shared machine, and each figure is the median of the runs.
 The same comparison is made for preallocated segments (zero-filled in advance) against a
 raw loop that overwrites a zero-filled file. Read speed is measured on a log written in
 batches of 1000, with the file in the page cache: ``verify_wal`` (framing, CRC32C,
-positions, batches and the hash chain: one CRC and one sha256 per record, no JSON) and
+positions, batches and the hash chain: one CRC and one sha256 per record, no JSON),
+``scan_records`` (the same checks, yielding each record's canonical bytes and hash) and
 ``FileWal.read`` (the same checks plus decoding every record into an ``EventRecord``).
 
 Files go to a temporary directory under ``var/`` in the project (the project's
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ledger.adapters import wal as wal_module
-from ledger.adapters.wal import HEADER_BYTES, FileWal, open_wal, verify_wal
+from ledger.adapters.wal import HEADER_BYTES, FileWal, open_wal, scan_records, verify_wal
 from ledger.application.records import (
     GENESIS_HASH,
     EventRecord,
@@ -188,8 +189,8 @@ def bench_appends(root: Path, plan: Plan) -> list[AppendResult]:
     return results
 
 
-def bench_reads(root: Path, plan: Plan) -> tuple[float, float, int]:
-    """(verify records/s, read records/s, segments) on a log in the page cache."""
+def bench_reads(root: Path, plan: Plan) -> tuple[float, float, float, int]:
+    """(verify, scan_records and read records/s, segments) on a log in the page cache."""
     directory = root / "read"
     wal, _ = open_wal(directory)
     for start in range(0, plan.read_records, 1000):
@@ -197,15 +198,21 @@ def bench_reads(root: Path, plan: Plan) -> tuple[float, float, int]:
         wal.append_batch(batch)
     wal.close()
     verify_wal(directory)  # warm the page cache
-    verify_s, read_s = [], []
+    verify_s, scan_s, read_s = [], [], []
     for _ in range(plan.runs):
         verify_s.append(timed(verify_wal, directory))
+        scan_s.append(timed(scan_all, directory))
         wal, _ = open_wal(directory)
         read_s.append(timed(read_all, wal))
         wal.close()
     segments = len(verify_wal(directory).segments)
     count = plan.read_records
-    return count / statistics.median(verify_s), count / statistics.median(read_s), segments
+    return (
+        count / statistics.median(verify_s),
+        count / statistics.median(scan_s),
+        count / statistics.median(read_s),
+        segments,
+    )
 
 
 def timed(work: Callable[[T], object], argument: T) -> float:
@@ -216,6 +223,10 @@ def timed(work: Callable[[T], object], argument: T) -> float:
 
 def read_all(wal: FileWal) -> int:
     return sum(1 for _ in wal.read())
+
+
+def scan_all(directory: Path) -> int:
+    return sum(1 for _ in scan_records(directory))
 
 
 def filesystem_of(path: Path) -> str:
@@ -255,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         appends = bench_appends(root, plan)
-        verify_rps, read_rps, segments = bench_reads(root, plan)
+        verify_rps, scan_rps, read_rps, segments = bench_reads(root, plan)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\nappend (events/s; ~{appends[0].frame_bytes:.0f} bytes per record on disk)")
@@ -276,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nread ({plan.read_records:,} records, {segments} segment(s), page cache warm)\n"
         f"  verify_wal (framing, CRC32C, positions, batches, hash chain): "
         f"{verify_rps:>10,.0f} records/s\n"
+        f"  scan_records (same checks, yields canonical bytes + hash):  "
+        f"{scan_rps:>10,.0f} records/s\n"
         f"  FileWal.read (same checks + decode to EventRecord):         "
         f"{read_rps:>10,.0f} records/s"
     )
