@@ -32,7 +32,7 @@ from uuid import UUID
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb, set_json_dumps
+from psycopg.types.json import set_json_dumps
 
 from ledger.application.errors import (
     DuplicateEvent,
@@ -330,17 +330,34 @@ class PostgresEventStore:
         snapshots: Sequence[SnapshotLike],
         watermark: int | None,
     ) -> None:
-        rows = [(s.stream_id, s.stream_version, Jsonb(s.data)) for s in snapshots]
-        if watermark is not None:
-            rows.append((WATERMARK_STREAM, watermark, Jsonb({})))
+        """COPY the rows into a temporary table, then one upsert: thousands of dirty
+        accounts cost one round trip each way instead of one per row."""
         position = watermark if watermark is not None else 0
+        lines = [
+            b"%s\t%d\t%s\n"
+            % (
+                _copy_text(s.stream_id).encode(),
+                s.stream_version,
+                orjson.dumps(s.data).replace(b"\\", b"\\\\"),
+            )
+            for s in snapshots
+        ]
+        if watermark is not None:
+            lines.append(b"%s\t%d\t{}\n" % (WATERMARK_STREAM.encode(), watermark))
         with conn.cursor() as cur:
-            cur.executemany(
+            cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS snapshot_rows "
+                "(stream_id text, stream_version bigint, data jsonb) ON COMMIT DELETE ROWS"
+            )
+            with cur.copy("COPY snapshot_rows (stream_id, stream_version, data) FROM STDIN") as cp:
+                cp.write(b"".join(lines))
+            cur.execute(
                 "INSERT INTO snapshots (book_id, stream_id, stream_version, position, data) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (book_id, stream_id) DO UPDATE SET "
+                "SELECT %s, stream_id, stream_version, %s, data FROM snapshot_rows "
+                "ON CONFLICT (book_id, stream_id) DO UPDATE SET "
                 "stream_version = EXCLUDED.stream_version, position = EXCLUDED.position, "
                 "data = EXCLUDED.data, taken_at = now()",
-                [(self._book_id, sid, ver, position, data) for sid, ver, data in rows],
+                (self._book_id, position),
             )
 
     # -- reads -------------------------------------------------------------------------
