@@ -47,6 +47,9 @@ __all__ = ["ProjectionWorker", "WorkerConfig", "WorkerStats", "group_id_for", "w
 
 _log = logging.getLogger(__name__)
 
+CATCH_UP_EVENTS_MAX = 100_000
+"""Events one idle catch-up applies per projection and book (one transaction)."""
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -183,8 +186,10 @@ class ProjectionWorker:
         heads = book_heads(conn)
         for projection in self.projections:
             for book_id, head in heads.items():
-                if read_checkpoint(conn, projection.name, book_id) < head:
-                    results.append(apply_records(conn, projection, book_id, [], through=head))
+                position = read_checkpoint(conn, projection.name, book_id)
+                if position < head:
+                    through = min(head, position + CATCH_UP_EVENTS_MAX)
+                    results.append(apply_records(conn, projection, book_id, [], through=through))
         self.stats.add(results)
         return results
 
@@ -229,7 +234,18 @@ class ProjectionWorker:
         for message in messages:
             book_id, envelope = decode_message(message.value)
             by_book.setdefault(book_id, []).append(record_from_dict(envelope))
-        await asyncio.to_thread(self.apply_batch, by_book)
+        failures = 0
+        while True:
+            try:
+                await asyncio.to_thread(self.apply_batch, by_book)
+                break
+            except psycopg.OperationalError as exc:
+                # PostgreSQL went away mid-batch: nothing of the failed transactions was
+                # kept and no offset was committed, so applying the batch again is exact.
+                failures += 1
+                _log.warning("projection worker: PostgreSQL: %s; retrying the batch", exc)
+                await asyncio.to_thread(self._drop_connections)
+                await asyncio.sleep(min(self.config.retry_max_ms, 100 * 2**failures) / 1000)
         self.stats.batches += 1
         self.stats.messages += len(messages)
         try:
@@ -239,6 +255,12 @@ class ProjectionWorker:
             # checkpoints make the redelivery that follows harmless.
             self.stats.commit_failures += 1
             _log.info("projection worker: offset commit failed (%s); continuing", exc)
+
+    def _drop_connections(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
     def _connection(self, name: str = "") -> psycopg.Connection[Any]:
         conn = self._conns.get(name)

@@ -12,12 +12,14 @@ import sys
 import time
 from dataclasses import replace
 
+import psycopg
 import pytest
+from aiokafka.errors import KafkaError
 
 from ledger.devservices import KafkaService, free_port, start_tansu
 from ledger.relay import Relay, RelayConfig
 from projections import all_projections
-from projections.tracking import AppliedBatch
+from projections.tracking import AppliedBatch, dsn
 from projections.worker import ProjectionWorker
 from projections.workload import SyntheticBook, store_records
 from tests.integration.projections.conftest import (
@@ -303,3 +305,66 @@ def test_a_range_published_twice_changes_nothing(database_url: str, kafka: Kafka
 
     asyncio.run(scenario())
     assert_exact(database_url, {"book-0": book})
+
+
+def test_an_idle_worker_catches_up_from_the_store_without_any_message(
+    database_url: str, kafka: KafkaService
+) -> None:
+    """No relay runs at all: the broker never sees these events, and the worker still
+    converges (a broker that lost the last messages of a book reveals no gap)."""
+    topic, group = kafka_names()
+    book = SyntheticBook(seed=80)
+    store_records(database_url, "book-0", list(book.batches(2, 300)))
+
+    async def scenario() -> ProjectionWorker:
+        worker = ProjectionWorker(
+            database_url,
+            all_projections(),
+            worker_config(kafka.bootstrap, topic, group, catchup_interval_ms=300),
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await wait_until(caught_up(database_url, book.position, "book-0"))
+        finally:
+            stop.set()
+            await task
+        return worker
+
+    worker = asyncio.run(scenario())
+    assert worker.stats.messages == 0
+    assert worker.stats.backfilled == 4 * book.position
+    assert_exact(database_url, {"book-0": book})
+
+
+def test_the_relay_keeps_its_checkpoint_until_the_broker_acknowledges(
+    database_url: str, kafka: KafkaService
+) -> None:
+    topic, _ = kafka_names()
+    book = SyntheticBook(seed=81)
+    store_records(database_url, "book-0", list(book.batches(1, 100)))
+    unreachable = f"127.0.0.1:{free_port()}"
+
+    async def scenario() -> None:
+        dead = relay_for(database_url, unreachable, topic)
+        try:
+            with pytest.raises((KafkaError, OSError, TimeoutError)):
+                await dead.publish_pending()
+        finally:
+            await dead.close()
+        assert await relay_checkpoint(database_url) is None
+        await publish_all(relay_for(database_url, kafka.bootstrap, topic))
+        assert await relay_checkpoint(database_url) == book.position
+
+    asyncio.run(scenario())
+
+
+async def relay_checkpoint(database_url: str) -> int | None:
+    def read() -> int | None:
+        with psycopg.connect(dsn(database_url)) as conn:
+            row = conn.execute(
+                "SELECT position FROM relay_checkpoints WHERE book_id = 'book-0'"
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    return await asyncio.to_thread(read)
