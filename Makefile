@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(ARGS)
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .
