@@ -7,7 +7,8 @@ Nothing else runs in the timed loop: no I/O, no serialisation. Half the accounts
 ``debits_must_not_exceed_credits`` (so the limit check does real work) and are loaded as
 records with a large opening credit, the way the node loads snapshots. Commands are built
 before the clock starts, with account ids that are *equal but not identical* to the
-state's keys, as after JSON parsing.
+state's keys, as after JSON parsing. The transfers of earlier runs are dropped before each
+run (balances stay), so every run starts from the same state size.
 
 Garbage collection decides the figure as much as the code does: every transfer leaves a
 record in the state, and CPython's default thresholds (700, 10, 10) run full collections
@@ -164,6 +165,7 @@ def measure(
     for run in range(runs):
         for raised in (False, True):
             batches = make_batches(chooser, transfers, first_id=(2 * run + raised + 1) << 64)
+            state.transfers.clear()  # every run starts from the same state size
             gc.collect()
             gc.freeze()
             if raised:

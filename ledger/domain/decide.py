@@ -35,9 +35,7 @@ from ledger.domain.commands import (
     OpenAccount,
 )
 from ledger.domain.errors import CommandRejected, InvariantViolated, RejectionCode
-from ledger.domain.events import (
-    Event,
-)
+from ledger.domain.events import Event
 from ledger.domain.evolve import EVOLVERS, evolve
 from ledger.domain.hold import decide_expire_pending_transfers
 from ledger.domain.money import TIMESTAMP_MAX_US
@@ -196,12 +194,14 @@ def _decide_chain(
     decidable = stop if terminated else stop - 1
     undo = _UndoLog(state)
     decided_all: list[Decided] = []
-    failure: tuple[int, CommandRejected] | None = None
+    # Keep the code and detail, not the exception: its traceback would hold this frame,
+    # and the frame the exception, a reference cycle left for the garbage collector.
+    failure: tuple[int, RejectionCode, str] | None = None
     for index in range(start, decidable):
         try:
             decided = _DECIDERS[type(commands[index])](state, commands[index], now_us)
         except CommandRejected as rejection:
-            failure = (index, rejection)
+            failure = (index, rejection.code, rejection.detail)
             break
         if isinstance(decided, tuple):
             for event in decided:
@@ -223,19 +223,19 @@ def _accepted(decided: Decided) -> CommandOutcome:
 
 
 def _failed_chain(
-    start: int, stop: int, terminated: bool, failure: tuple[int, CommandRejected] | None
+    start: int, stop: int, terminated: bool, failure: tuple[int, RejectionCode, str] | None
 ) -> list[CommandOutcome]:
     last = stop - 1
     open_detail = f"command {last} of the batch is linked but the chain never ends"
     cause = (
-        f"command {failure[0]} of the batch failed: {failure[1].code}"
+        f"command {failure[0]} of the batch failed: {failure[1]}"
         if failure is not None
         else f"command {last} of the batch left the chain open"
     )
     result = []
     for index in range(start, stop):
         if failure is not None and index == failure[0]:
-            code, detail = failure[1].code, failure[1].detail
+            code, detail = failure[1], failure[2]
         elif index == last and not terminated:
             code, detail = RejectionCode.linked_event_chain_open, open_detail
         else:

@@ -355,8 +355,9 @@ class BookState:
 
     def add_transfer(self, transfer: Transfer) -> None:
         """Put a transfer loaded from storage into the state (replaces the same id) and,
-        if it is pending with a deadline, into the expiry index. The node must load every
-        pending transfer with a deadline, and its accounts, for expiry to find them."""
+        if it is pending with a deadline, into the expiry index. Expiry only finds what the
+        state holds: the node must load every pending transfer that has a deadline, with
+        its two accounts, and must not evict them while they are pending."""
         self.transfers[transfer.id] = transfer
         self.index_expiry(transfer)
 

@@ -6,6 +6,8 @@ a failed chain is exactly the state before it, whatever the chain had done so fa
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from ledger.domain import (
@@ -15,6 +17,7 @@ from ledger.domain import (
     OpenAccount,
     RejectionCode,
     TransferFlags,
+    decide_batch,
 )
 from tests.unit.domain.support import NO_OVERDRAFT, NOW_US, Book, uid
 
@@ -164,3 +167,22 @@ def test_a_rolled_back_hold_leaves_no_deadline_behind(book: Book) -> None:
     )
     assert book.state.next_expiry_us() is None
     assert book.ok(ExpirePendingTransfers(now_us=NOW_US + 5_000_000)) == ()
+
+
+def test_rejections_leave_no_reference_cycles_for_the_garbage_collector(book: Book) -> None:
+    """The node may run with the cyclic collector tuned down: deciding must not rely on it."""
+    a, b = book.open(), book.open()
+    commands = [
+        CreateTransfer(uid(1), a, b, 5, "USD", 1, LINKED),
+        CreateTransfer(uid(2), a, a, 5, "USD", 1),
+        CreateTransfer(uid(3), a, b, 0, "USD", 1),
+        CreateTransfer(uid(4), a, b, 5, "USD", 1),
+    ]
+    gc.collect()
+    gc.disable()
+    try:
+        outcomes = decide_batch(book.state, commands, NOW_US)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    assert [o.status for o in outcomes] == ["rejected", "rejected", "rejected", "created"]
