@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final, Literal, TypeVar, Union
 from uuid import UUID, SafeUUID
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, TypeAdapter, WithJsonSchema
 
 from ledger.domain.commands import AccountFlags, TransferFlags
 from ledger.domain.errors import InvariantViolated
@@ -80,8 +80,18 @@ def _balances_from_data(data: Mapping[str, int]) -> AccountBalances:
 _new_tuple = tuple.__new__
 
 
+_BALANCES_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "title": "AccountBalances",
+    "properties": {name: {"type": "integer", "minimum": 0} for name in AccountBalances._fields},
+    "required": list(AccountBalances._fields),
+    "additionalProperties": False,
+}
+
 Balances = Annotated[
-    AccountBalances, PlainSerializer(_balances_to_data, return_type=dict[str, int])
+    AccountBalances,
+    PlainSerializer(_balances_to_data, return_type=dict[str, int]),
+    WithJsonSchema(_BALANCES_SCHEMA),
 ]
 """An account's balances in an event; serialised as an object with four named ints."""
 
@@ -117,7 +127,7 @@ class AccountOpened(Event):
 
     @property
     def stream_id(self) -> str:
-        return f"account-{self.account_id}"
+        return f"account-{_account_str(self.account_id)}"
 
     @property
     def stream_version(self) -> int:
@@ -134,7 +144,7 @@ class AccountClosed(Event):
 
     @property
     def stream_id(self) -> str:
-        return f"account-{self.account_id}"
+        return f"account-{_account_str(self.account_id)}"
 
     @property
     def stream_version(self) -> int:
@@ -162,7 +172,7 @@ class TransferCreated(Event):
 
     @property
     def stream_id(self) -> str:
-        return f"transfer-{self.transfer_id}"
+        return f"transfer-{_id_str(self.transfer_id)}"
 
     @property
     def stream_version(self) -> int:
@@ -190,7 +200,7 @@ class PendingTransferPosted(Event):
 
     @property
     def stream_id(self) -> str:
-        return f"transfer-{self.transfer_id}"
+        return f"transfer-{_id_str(self.transfer_id)}"
 
     @property
     def stream_version(self) -> int:
@@ -217,7 +227,7 @@ class PendingTransferVoided(Event):
 
     @property
     def stream_id(self) -> str:
-        return f"transfer-{self.transfer_id}"
+        return f"transfer-{_id_str(self.transfer_id)}"
 
     @property
     def stream_version(self) -> int:
@@ -242,7 +252,7 @@ class PendingTransferExpired(Event):
 
     @property
     def stream_id(self) -> str:
-        return f"transfer-{self.pending_id}"
+        return f"transfer-{_id_str(self.pending_id)}"
 
     @property
     def stream_version(self) -> int:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from uuid import UUID
 
 import orjson
 import pydantic
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+import ledger.domain.events as events_module
 from ledger.domain import (
     CURRENT_SCHEMA_VERSIONS,
     EVENT_TYPES,
@@ -184,3 +188,40 @@ def test_model_copy_works_on_events_built_without_validation(events: list[Event]
     changed = event.model_copy(update={"code": 9})
     assert changed.code == 9 and event.code != 9  # type: ignore[attr-defined]
     assert event.model_fields_set == set(type(event).model_fields)
+
+
+def test_the_json_schema_describes_balances_as_objects() -> None:
+    for mode in ("validation", "serialization"):
+        schema = LEDGER_EVENT_ADAPTER.json_schema(mode=mode)  # type: ignore[arg-type]
+        balances = schema["$defs"]["TransferCreated"]["properties"]["debit_account_after"]
+        assert balances["type"] == "object"
+        assert balances["required"] == [
+            "debits_pending",
+            "debits_posted",
+            "credits_pending",
+            "credits_posted",
+        ]
+
+
+def test_stream_ids_use_the_canonical_uuid_form(events: list[Event]) -> None:
+    for event in events:
+        kind, _, raw = event.stream_id.partition("-")
+        assert kind in ("account", "transfer")
+        assert str(UUID(raw)) == raw
+
+
+@given(st.uuids(allow_nil=True))
+def test_the_fast_id_conversions_agree_with_uuid_py(value: UUID) -> None:
+    text = str(value)
+    assert events_module._id_str(value) == text == events_module._account_str(value)
+    parsed = events_module._uuid(text)
+    assert parsed == value and parsed.int == value.int and str(parsed) == text
+    assert events_module._account_uuid(text) == value
+    assert events_module._uuid(text.upper()) == value
+    assert events_module._uuid("{" + value.hex + "}") == value
+
+
+@pytest.mark.parametrize("text", ["", "nope", "12345678-1234-5678-1234-56781234567g"])
+def test_a_malformed_id_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        events_module._uuid(text)
