@@ -4,8 +4,9 @@ transfer shares (fields, id, idempotency, flags). Posts and voids continue in
 
 This is the hot path of the ledger (one call per transfer), so it is written flat: the
 checks run in precedence order (see ``RejectionCode``) as plain comparisons, UUIDs are
-compared by their ``int`` (UUID ``==`` runs Python code), and the event is built with
-``trusted``. The rule for each limit is spelled out where it is checked.
+compared by their ``int`` (UUID ``==`` runs Python code), and the event is built the way
+``events.trusted`` builds one, inline. In ``decide_batch`` the accepted transfer is also
+applied here (``apply=True``), on the account records already in hand.
 """
 
 from __future__ import annotations
@@ -191,21 +192,17 @@ def _reject_ledgers_or_closed(debit: Account, credit: Account, ledger: str) -> N
     raise AssertionError("unreachable: called only when a ledger or closed check fails")
 
 
-def _transfer_created(
-    state: BookState,
-    command: CreateTransfer,
-    debit: Account,
-    credit: Account,
-    now_us: int,
-    apply: bool,
-) -> Event:
+def _check_balances(
+    command: CreateTransfer, debit: Account, credit: Account, now_us: int
+) -> int | None:
+    """Reject a transfer that would overflow a balance or the deadline, or break a limit;
+    return its deadline (None: it never expires)."""
     amount = command.amount_minor
-    pending = command.flags.pending
     d_pending = debit.debits_pending
     d_posted = debit.debits_posted
     c_pending = credit.credits_pending
     c_posted = credit.credits_posted
-    if pending:
+    if command.flags.pending:
         if d_pending + amount > AMOUNT_MAX:
             raise _overflow(_R.overflows_debits_pending, debit, "debits_pending", d_pending, amount)
         if c_pending + amount > AMOUNT_MAX:
@@ -244,6 +241,24 @@ def _transfer_created(
             f"debits_posted {credit.debits_posted}, credits {c_posted} posted + {c_pending} "
             f"pending, amount {amount} (credit account {credit.id})",
         )
+    return expires_at_us
+
+
+def _transfer_created(
+    state: BookState,
+    command: CreateTransfer,
+    debit: Account,
+    credit: Account,
+    now_us: int,
+    apply: bool,
+) -> Event:
+    expires_at_us = _check_balances(command, debit, credit, now_us)
+    amount = command.amount_minor
+    pending = command.flags.pending
+    d_pending = debit.debits_pending
+    d_posted = debit.debits_posted
+    c_pending = credit.credits_pending
+    c_posted = credit.credits_posted
     if pending:
         d_pending += amount
         c_pending += amount
