@@ -80,7 +80,10 @@ def decide(state: BookState, command: Command, now_us: int) -> list[Event]:
     An identical resubmission causes no events (``decide_batch`` reports it as
     ``exists``). Does not change ``state``.
     """
-    decided = _DECIDERS[type(command)](state, command, now_us)
+    decider = _DECIDERS.get(type(command))
+    if decider is None:
+        raise InvariantViolated(f"{type(command).__name__} is not a ledger command")
+    decided = decider(state, command, now_us)
     return list(decided) if isinstance(decided, tuple) else []
 
 
@@ -106,6 +109,8 @@ def decide_batch(
                 chain_end = _decide_chain(state, commands, index, now_us, outcomes)
                 continue
             decide_and_apply = _CREATE_TRANSFER
+        elif type(command) not in _DECIDERS:
+            raise InvariantViolated(f"{type(command).__name__} is not a ledger command")
         elif command.linked:
             chain_end = _decide_chain(state, commands, index, now_us, outcomes)
             continue

@@ -13,6 +13,7 @@ from ledger.domain import (
     ExpirePendingTransfers,
     InvariantViolated,
     decide,
+    decide_batch,
     evolve,
 )
 from tests.unit.domain.support import NOW_US, POST, VOID, Book, replay, uid
@@ -91,3 +92,15 @@ def test_refuses_resolving_a_hold_that_is_not_pending() -> None:
     with pytest.raises(InvariantViolated):
         evolve(state, expired[0])
     assert posted.type == "PendingTransferPosted"
+
+
+def test_deciding_something_that_is_not_a_command_is_a_bug() -> None:
+    with pytest.raises(InvariantViolated, match="not a ledger command"):
+        decide_batch(BookState(), ["CreateTransfer"], NOW_US)  # type: ignore[list-item]
+    with pytest.raises(InvariantViolated, match="not a ledger command"):
+        decide(BookState(), object(), NOW_US)  # type: ignore[arg-type]
+
+
+def test_a_batch_time_that_is_not_a_timestamp_is_a_bug() -> None:
+    with pytest.raises(InvariantViolated, match="batch time"):
+        decide_batch(BookState(), [], -1)
