@@ -157,6 +157,9 @@ def _check_can_post(debit: Account, credit: Account, amount: int) -> None:
         raise CommandRejected(_R.account_closed, f"debit account {debit.id} is closed")
     if credit.closed:
         raise CommandRejected(_R.account_closed, f"credit account {credit.id} is closed")
+    # Cannot fire while debits_pending + debits_posted <= AMOUNT_MAX (which creation
+    # enforces), since a post moves at most the held amount; kept so that no code path
+    # can take a balance past AMOUNT_MAX.
     if debit.debits_posted + amount > AMOUNT_MAX:
         raise CommandRejected(
             _R.overflows_debits_posted,
