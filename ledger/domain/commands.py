@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Final
 from uuid import UUID
 
-from annotated_types import Ge, Le, MaxLen, MinLen
-from pydantic import ConfigDict, Strict, StringConstraints, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, Strict, StringConstraints, TypeAdapter, ValidationError
 
 from ledger.domain.errors import CommandRejected, RejectionCode
 from ledger.domain.money import (
@@ -65,13 +64,15 @@ __all__ = [
 _CONFIG: Final = ConfigDict(extra="forbid")
 
 StrictBool = Annotated[bool, Strict()]
-NonNegativeInt = Annotated[int, Strict(), Ge(0)]
-Code = Annotated[int, Strict(), Ge(0), Le(CODE_MAX)]
-Scale = Annotated[int, Strict(), Ge(0), Le(SCALE_MAX)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+Code = Annotated[int, Strict(), Field(ge=0, le=CODE_MAX)]
+Scale = Annotated[int, Strict(), Field(ge=0, le=SCALE_MAX)]
 LedgerCode = Annotated[str, Strict(), StringConstraints(pattern=r"^([A-Z0-9_]{1,12})?$")]
-MetadataKey = Annotated[str, Strict(), MinLen(1), MaxLen(METADATA_KEY_LENGTH_MAX)]
-MetadataValue = Annotated[str, Strict(), MaxLen(METADATA_VALUE_LENGTH_MAX)]
-Metadata = Annotated[dict[MetadataKey, MetadataValue], MaxLen(METADATA_ENTRIES_MAX)]
+MetadataKey = Annotated[
+    str, Strict(), StringConstraints(min_length=1, max_length=METADATA_KEY_LENGTH_MAX)
+]
+MetadataValue = Annotated[str, Strict(), StringConstraints(max_length=METADATA_VALUE_LENGTH_MAX)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=METADATA_ENTRIES_MAX)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +202,7 @@ class ExpirePendingTransfers:
     linked: ClassVar[bool] = False
 
     now_us: NonNegativeInt
-    limit: Annotated[int, Strict(), Ge(1), Le(EXPIRE_BATCH_MAX)] = EXPIRE_BATCH_MAX
+    limit: Annotated[int, Strict(), Field(ge=1, le=EXPIRE_BATCH_MAX)] = EXPIRE_BATCH_MAX
 
     def referenced_account_ids(self) -> tuple[UUID, ...]:
         return ()
