@@ -70,7 +70,7 @@ ACCOUNT_FLAGS = st.sampled_from(
         AccountFlags(True, True),
     ]
 )
-METADATA = st.one_of(
+METADATA: st.SearchStrategy[dict[str, str]] = st.one_of(
     st.just({}), st.just({}), st.dictionaries(st.sampled_from(["a", "b"]), st.text(max_size=3))
 )
 
@@ -128,7 +128,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 1,
                 data.draw(ACCOUNT_FLAGS.filter(lambda f: not all(vars_of(f)))),
             )
-        reuse = self.account_ids and data.draw(st.booleans())
+        reuse = bool(self.account_ids) and data.draw(st.booleans())
         account_id = data.draw(st.sampled_from(self.account_ids)) if reuse else self.fresh_id()
         return OpenAccount(
             account_id,
@@ -299,7 +299,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for command, link in zip(commands, linked, strict=True):
             if isinstance(command, CreateTransfer):
                 command = replace(command, flags=replace(command.flags, linked=link))
-            else:
+            elif isinstance(command, OpenAccount | CloseAccount):
                 command = replace(command, linked=link)
             chained.append(command)
         if data.draw(st.booleans()):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+from uuid import UUID
+
 import pytest
 
 from ledger.domain import (
@@ -32,16 +35,16 @@ def book() -> Book:
     return Book()
 
 
-def post(pending_id: object, amount: int = 0, **fields: object) -> CreateTransfer:
+def post(pending_id: UUID, amount: int = 0, **fields: Any) -> CreateTransfer:
     return CreateTransfer(
         uid(500), pending_id=pending_id, flags=POST, amount_minor=amount, **fields
-    )  # type: ignore[arg-type]
+    )
 
 
-def void(pending_id: object, amount: int = 0, **fields: object) -> CreateTransfer:
+def void(pending_id: UUID, amount: int = 0, **fields: Any) -> CreateTransfer:
     return CreateTransfer(
         uid(600), pending_id=pending_id, flags=VOID, amount_minor=amount, **fields
-    )  # type: ignore[arg-type]
+    )
 
 
 class TestReserve:
@@ -163,7 +166,7 @@ class TestPost:
         ],
     )
     def test_rejects_fields_that_differ_from_the_pending_transfer(
-        self, book: Book, fields: dict[str, object], code: RejectionCode
+        self, book: Book, fields: dict[str, Any], code: RejectionCode
     ) -> None:
         a, b = book.open(), book.open()
         hold = book.hold(a, b, 30)
