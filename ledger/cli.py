@@ -42,6 +42,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(get_settings(), args.host, args.port)
 
 
+def _cmd_coordinator(args: argparse.Namespace) -> int:
+    from ledger.config import get_settings
+    from ledger.sagas.app import serve_coordinator
+
+    return serve_coordinator(get_settings(), args.host, args.port)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ledger.demo import run_demo
 
@@ -141,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="default: $LEDGER_HTTP_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: $LEDGER_HTTP_PORT or 8080")
     p.set_defaults(handler=_cmd_serve)
+
+    p = sub.add_parser("coordinator", help="run the TCC and saga coordinator (HTTP API)")
+    p.add_argument("--host", default=None, help="default: $LEDGER_HTTP_HOST or 127.0.0.1")
+    p.add_argument(
+        "--port", type=int, default=None, help="default: $LEDGER_COORDINATOR_HTTP_PORT or 8090"
+    )
+    p.set_defaults(handler=_cmd_coordinator)
 
     p = sub.add_parser("demo", help="start embedded services and run the guided story")
     p.add_argument("--keep", action="store_true", help="leave services running at the end")

@@ -63,6 +63,25 @@ class Settings(BaseSettings):
     http_body_size_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_json: bool | None = Field(default=None, description="JSON logs; unset: JSON unless a TTY.")
+    coordinator_book_id: str = Field(
+        default="coordinator", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    coordinator_database_url: str | None = Field(
+        default=None, description="The coordinator's event store; unset: LEDGER_DATABASE_URL."
+    )
+    coordinator_wal_dir: Path | None = Field(
+        default=None, description="The coordinator's WAL; unset: LEDGER_WAL_DIR/<book id>."
+    )
+    coordinator_http_port: int = Field(default=8090, ge=0, le=65535)
+    coordinator_tcc_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
+    coordinator_call_timeout_ms: int = Field(default=10_000, ge=10, le=600_000)
+    coordinator_retry_base_ms: int = Field(default=100, ge=1, le=60_000)
+    coordinator_retry_max_ms: int = Field(default=30_000, ge=1, le=3_600_000)
+    coordinator_alert_after_attempts: int = Field(default=5, ge=1, le=1000)
+    coordinator_retries_per_s_max: int = Field(default=1000, ge=1, le=1_000_000)
+    coordinator_in_flight_max: int = Field(default=10_000, ge=1, le=1_000_000)
+    coordinator_connections_max: int = Field(default=256, ge=1, le=10_000)
+    coordinator_wait_max_s: float = Field(default=60.0, gt=0, le=3600)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,0 +1,369 @@
+"""``ledger coordinator``: the coordinator's HTTP API (FastAPI) and its process.
+
+Endpoints (bearer API keys from the same ``api_keys`` table as the ledger; scopes nest
+read ⊂ write ⊂ admin)::
+
+    POST /v1/tcc                           write  start a TCC transaction   202 (201: wait=true
+    POST /v1/sagas                         write  start a saga                   and finished)
+    GET  /v1/tcc/{gid}, /v1/sagas/{gid}    read   state + durable history
+    GET  /v1/transactions/{gid}            read   the same, either kind
+    GET  /v1/transactions?status=unfinished|<status>&limit=
+                                           read   unfinished ones, oldest first
+    POST /v1/transactions/{gid}/retry      admin  send the waiting calls now
+    POST /v1/transactions/{gid}/force-stop admin  stop driving it; operator takes over
+    GET  /metrics, /health, /ready
+
+Starting with a ``gid`` that was already used with the same spec answers 200 with the
+transaction as it is (a safe repeat); with another spec, 409 ``gid_already_used``.
+Errors are ``application/problem+json`` with a stable ``code`` (``ledger.api.problems``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
+
+import orjson
+import uvicorn
+from fastapi import Depends, FastAPI, Header, Path, Query
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ledger.api.auth import ApiKey, KeyStore, scope_allows
+from ledger.api.problems import ApiProblem, handle_http, handle_problem, handle_validation
+from ledger.config import Settings
+from ledger.sagas.coordinator import (
+    Coordinator,
+    CoordinatorConfig,
+    GidConflict,
+    NotFound,
+    Overloaded,
+    TransactionAlreadyFinished,
+)
+from ledger.sagas.journal import JournalFailed
+from ledger.sagas.runtime import RuntimeConfig
+from ledger.sagas.specs import ID_PATTERN, SagaSpec, TccSpec
+from ledger.sagas.state import FINAL_STATUSES, UNFINISHED_STATUSES, Transaction, view
+
+__all__ = ["CoordinatorContext", "coordinator_config", "create_app", "serve_coordinator"]
+
+_log = logging.getLogger(__name__)
+LIST_LIMIT_MAX: Final = 1000
+
+
+Wait = Annotated[bool, Query(description="wait for the final state (up to wait_timeout_s)")]
+WaitTimeout = Annotated[float | None, Query(gt=0, le=3600)]
+GidPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
+
+
+class JsonResponse(Response):
+    """A JSON response serialised with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ForceStopRequest(BaseModel):
+    """Why the operator stops the transaction (kept in its history)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="", max_length=400)
+
+
+@dataclass
+class CoordinatorContext:
+    """What the app needs; ``open_coordinator`` runs inside the server's event loop."""
+
+    open_coordinator: Callable[[], Awaitable[Coordinator]]
+    keys: KeyStore
+    wait_max_s: float = 60.0
+    coordinator: Coordinator | None = None
+
+
+def coordinator_config(settings: Settings, database_url: str) -> CoordinatorConfig:
+    wal_dir = settings.coordinator_wal_dir or settings.wal_dir / settings.coordinator_book_id
+    return CoordinatorConfig(
+        database_url=database_url,
+        wal_dir=wal_dir,
+        book_id=settings.coordinator_book_id,
+        wal_segment_size_bytes=settings.wal_segment_size_bytes,
+        postgres_retry_max_ms=settings.postgres_retry_max_ms,
+        runtime=RuntimeConfig(
+            call_timeout_s=settings.coordinator_call_timeout_ms / 1000,
+            retry_base_ms=settings.coordinator_retry_base_ms,
+            retry_max_ms=settings.coordinator_retry_max_ms,
+            alert_after_attempts=settings.coordinator_alert_after_attempts,
+            retries_per_s_max=settings.coordinator_retries_per_s_max,
+            tcc_timeout_s=settings.coordinator_tcc_timeout_s,
+        ),
+        in_flight_max=settings.coordinator_in_flight_max,
+        connections_max=settings.coordinator_connections_max,
+    )
+
+
+def _problem_responses() -> dict[int | str, dict[str, Any]]:
+    return {
+        401: {"description": "missing or invalid API key (problem+json)"},
+        403: {"description": "key lacks the scope (problem+json)"},
+        422: {"description": "request does not match the schema (problem+json)"},
+        503: {"description": "overloaded or not ready; retry (problem+json)"},
+    }
+
+
+def create_app(ctx: CoordinatorContext) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if ctx.coordinator is None:
+            ctx.coordinator = await ctx.open_coordinator()
+        try:
+            yield
+        finally:
+            if ctx.coordinator is not None:
+                await ctx.coordinator.close()
+
+    app = FastAPI(
+        title="eventledger coordinator",
+        version="0.1.0",
+        description="TCC transactions and sagas over HTTP participants, durably recorded.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(ApiProblem, handle_problem)
+    app.add_exception_handler(RequestValidationError, handle_validation)
+    app.add_exception_handler(StarletteHTTPException, handle_http)
+    errors = _problem_responses()
+
+    def coordinator() -> Coordinator:
+        c = ctx.coordinator
+        if c is None or not c.ready:
+            raise ApiProblem(
+                503, "unavailable", "coordinator is not ready", headers={"Retry-After": "1"}
+            )
+        return c
+
+    def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
+        async def check(authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+            if not authorization or not authorization.lower().startswith("bearer "):
+                raise ApiProblem(
+                    401,
+                    "unauthenticated",
+                    "missing bearer API key: send 'Authorization: Bearer elk_...'",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            token = authorization[7:].strip()
+            known, key = ctx.keys.cached(token)
+            if not known:
+                key = await asyncio.to_thread(ctx.keys.verify, token)
+            if key is None:
+                raise ApiProblem(
+                    401,
+                    "invalid_api_key",
+                    "API key is unknown, malformed or revoked",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not scope_allows(key.scope, scope):
+                raise ApiProblem(
+                    403,
+                    "insufficient_scope",
+                    f"key {key.key_id} has scope {key.scope!r}; this endpoint needs {scope!r}",
+                )
+            return key
+
+        return check
+
+    async def started(
+        kind: str, spec: TccSpec | SagaSpec, wait: bool, wait_timeout_s: float | None
+    ) -> Response:
+        c = coordinator()
+        try:
+            if isinstance(spec, TccSpec):
+                txn, created = await c.start_tcc(spec)
+            else:
+                txn, created = await c.start_saga(spec)
+        except GidConflict as exc:
+            raise ApiProblem(409, "gid_already_used", str(exc)) from exc
+        except Overloaded as exc:
+            raise ApiProblem(503, "overloaded", str(exc), headers={"Retry-After": "1"}) from exc
+        except JournalFailed as exc:
+            raise ApiProblem(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
+        if wait:
+            await c.wait(txn.gid, min(wait_timeout_s or ctx.wait_max_s, ctx.wait_max_s))
+        status = 202
+        if not created:
+            status = 200
+        elif txn.finished:
+            status = 201
+        return JsonResponse(
+            view(txn),
+            status_code=status,
+            headers={"Location": f"/v1/{'tcc' if kind == 'tcc' else 'sagas'}/{txn.gid}"},
+        )
+
+    @app.post(
+        "/v1/tcc",
+        status_code=202,
+        responses={409: {"description": "gid already used"}, **errors},
+        dependencies=[Depends(require("write"))],
+    )
+    async def start_tcc(
+        spec: TccSpec, wait: Wait = False, wait_timeout_s: WaitTimeout = None
+    ) -> Response:
+        return await started("tcc", spec, wait, wait_timeout_s)
+
+    @app.post(
+        "/v1/sagas",
+        status_code=202,
+        responses={409: {"description": "gid already used"}, **errors},
+        dependencies=[Depends(require("write"))],
+    )
+    async def start_saga(
+        spec: SagaSpec, wait: Wait = False, wait_timeout_s: WaitTimeout = None
+    ) -> Response:
+        return await started("saga", spec, wait, wait_timeout_s)
+
+    async def one(gid: str, kind: str | None) -> Response:
+        try:
+            txn, history = await coordinator().get(gid)
+        except NotFound as exc:
+            raise ApiProblem(404, "transaction_not_found", str(exc)) from exc
+        if kind is not None and txn.kind != kind:
+            raise ApiProblem(404, "transaction_not_found", f"no {kind} transaction {gid!r}")
+        return JsonResponse(view(txn, history))
+
+    @app.get("/v1/tcc/{gid}", responses=errors, dependencies=[Depends(require("read"))])
+    async def get_tcc(gid: GidPath) -> Response:
+        return await one(gid, "tcc")
+
+    @app.get("/v1/sagas/{gid}", responses=errors, dependencies=[Depends(require("read"))])
+    async def get_saga(gid: GidPath) -> Response:
+        return await one(gid, "saga")
+
+    @app.get("/v1/transactions/{gid}", responses=errors, dependencies=[Depends(require("read"))])
+    async def get_transaction(gid: GidPath) -> Response:
+        return await one(gid, None)
+
+    @app.get("/v1/transactions", responses=errors, dependencies=[Depends(require("read"))])
+    async def list_transactions(
+        status: Annotated[str, Query()] = "unfinished",
+        limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX)] = 100,
+    ) -> Response:
+        if status in FINAL_STATUSES:
+            raise ApiProblem(
+                422,
+                "status_not_listable",
+                f"only unfinished transactions are listed (status=unfinished or one of "
+                f"{', '.join(UNFINISHED_STATUSES)}); read a finished one by its gid",
+            )
+        if status != "unfinished" and status not in UNFINISHED_STATUSES:
+            raise ApiProblem(422, "invalid_status", f"unknown status {status!r}")
+        c = coordinator()
+        txns = c.unfinished(None if status == "unfinished" else status, limit)
+        return JsonResponse({"transactions": [view(t) for t in txns], "count": len(c.live)})
+
+    admin_key = Depends(require("admin"))
+
+    async def admin(
+        gid: str, action: Callable[[Coordinator], Awaitable[Transaction]]
+    ) -> Transaction:
+        c = coordinator()
+        try:
+            return await action(c)
+        except TransactionAlreadyFinished as exc:
+            try:
+                await c.get(gid)
+            except NotFound as missing:
+                raise ApiProblem(404, "transaction_not_found", str(missing)) from missing
+            raise ApiProblem(409, "transaction_finished", str(exc)) from exc
+
+    @app.post(
+        "/v1/transactions/{gid}/retry",
+        status_code=202,
+        responses={409: {"description": "already finished"}, **errors},
+    )
+    async def retry_now(gid: GidPath, key: ApiKey = admin_key) -> Response:
+        txn = await admin(gid, lambda c: c.retry_now(gid, f"key {key.key_id}"))
+        return JsonResponse(view(txn), status_code=202)
+
+    @app.post(
+        "/v1/transactions/{gid}/force-stop",
+        responses={409: {"description": "already finished"}, **errors},
+    )
+    async def force_stop(
+        gid: GidPath,
+        key: ApiKey = admin_key,
+        body: ForceStopRequest | None = None,
+    ) -> Response:
+        reason = (body or ForceStopRequest()).reason
+        txn = await admin(gid, lambda c: c.force_stop(gid, f"key {key.key_id}", reason))
+        return JsonResponse(view(txn))
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JsonResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        c = ctx.coordinator
+        if c is None or not c.ready:
+            failure = c.journal.failure if c is not None else None
+            detail = "starting" if c is None else f"not ready: {failure or 'closing'}"
+            return JsonResponse({"status": "unavailable", "detail": detail}, status_code=503)
+        return JsonResponse(
+            {"status": "ready", "unfinished": len(c.live), "position": c.journal.committed_position}
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        c = ctx.coordinator
+        if c is None:
+            return Response(b"", media_type=CONTENT_TYPE_LATEST)
+        c.update_gauges()
+        return Response(generate_latest(c.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve_coordinator(settings: Settings, host: str | None = None, port: int | None = None) -> int:
+    """Run the coordinator process (uvicorn, one worker: one writer of its book)."""
+    from ledger.adapters.migrate import upgrade
+    from ledger.devservices import start_embedded_postgres
+    from ledger.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+    url = settings.coordinator_database_url or settings.database_url
+    pg = None
+    if not url:
+        pg = start_embedded_postgres()
+        url = pg.url
+        upgrade(url)
+        _log.warning("no LEDGER_DATABASE_URL: using embedded PostgreSQL at %s (dev only)", url)
+        key, token = KeyStore(url).create("dev", "admin")
+        print(f"dev admin key {key.key_id}: {token}", flush=True)
+    config = coordinator_config(settings, url)
+    keys = KeyStore(url)
+    ctx = CoordinatorContext(
+        open_coordinator=lambda: Coordinator.open(config),
+        keys=keys,
+        wait_max_s=settings.coordinator_wait_max_s,
+    )
+    try:
+        uvicorn.run(
+            create_app(ctx),
+            host=host or settings.http_host,
+            port=port if port is not None else settings.coordinator_http_port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    finally:
+        keys.close()
+        if pg is not None:
+            pg.close()
+    return 0

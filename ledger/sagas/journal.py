@@ -1,0 +1,485 @@
+"""The coordinator's journal: its events, and their group-committed dual write.
+
+Every transaction the coordinator runs is one stream in the coordinator's own book
+(``tcc-<gid>`` or ``saga-<gid>``, stream versions 1, 2, 3 ...), written through the same
+:class:`~ledger.application.recorder.Recorder` as a ledger node: WAL append + fdatasync,
+then one PostgreSQL transaction. :meth:`Journal.record` returns only when its events are
+in both, so a caller that awaits it before an HTTP call has made the call's intent durable.
+
+Group commit: records wait in a queue while the previous batch is being written; the
+committer then takes everything queued (up to ``batch_records_max``) as one batch, so one
+fsync and one insert serve every transaction that advanced meanwhile. Records are chained
+(positions, hashes, stream versions) in the order :meth:`record` was called, on the event
+loop, so versions never go backwards even when many tasks write one stream.
+
+Snapshots: every ``snapshot_every_events`` events the batch carries one snapshot row, the
+list of streams still open (started, not finished) as of the batch's last position, saved
+with that position as the book's watermark in the same PostgreSQL transaction. Recovery
+reads the open streams named there plus the events after the watermark, not the whole
+book.
+
+Events are frozen, tagged and versioned (``type`` and ``schema_version`` in the envelope,
+never a class path); their ``data`` is JSON-compatible. Evolution follows the ledger's
+rule: new fields only with defaults, never renamed or retyped; an upcaster per (type,
+version) in :data:`UPCASTERS` lifts old data.
+
+Crash points (**test only**): ``LEDGER_COORDINATOR_CRASH_POINT`` makes the process kill
+itself with SIGKILL right after a matching event became durable, so tests can stop the
+coordinator at an exact step boundary. Syntax ``TYPE[:OP][@N][/wal]``: the N-th (default
+first) event of type TYPE (with ``op`` OP for calls) since the process started; ``/wal``
+kills it after the WAL fsync and before the PostgreSQL insert. Unset in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias
+
+from ledger.adapters.postgres import SnapshotRow
+from ledger.application.recorder import Recorder, RecoveryReport
+from ledger.application.records import EventRecord, PendingRecord, chain_records
+
+__all__ = [
+    "CRASH_POINT_ENV",
+    "OPEN_STREAMS_SNAPSHOT",
+    "UPCASTERS",
+    "CallFinished",
+    "CallStarted",
+    "CoordinatorEvent",
+    "CrashPoint",
+    "Journal",
+    "JournalFailed",
+    "RetryRequested",
+    "TransactionDecided",
+    "TransactionFinished",
+    "TransactionStarted",
+    "event_from_record",
+    "event_to_data",
+    "stream_id",
+]
+
+_log = logging.getLogger(__name__)
+
+CRASH_POINT_ENV: Final = "LEDGER_COORDINATOR_CRASH_POINT"
+OPEN_STREAMS_SNAPSHOT: Final = "$coordinator-open-streams"
+SCHEMA_VERSION: Final = 1
+
+Kind = Literal["tcc", "saga"]
+Decision = Literal["confirm", "cancel", "compensate"]
+Outcome = Literal["committed", "cancelled", "compensated", "force_stopped"]
+
+
+def stream_id(kind: str, gid: str) -> str:
+    """The stream of one transaction: ``tcc-<gid>`` or ``saga-<gid>``."""
+    return f"{kind}-{gid}"
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionStarted:
+    """A transaction was accepted: its kind, full spec and (TCC) deadline."""
+
+    type: Literal["TransactionStarted"] = "TransactionStarted"
+    gid: str
+    kind: Kind
+    spec: Mapping[str, Any]
+    deadline_us: int | None
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallStarted:
+    """A call to a participant is about to go out (recorded before it is sent)."""
+
+    type: Literal["CallStarted"] = "CallStarted"
+    gid: str
+    branch_id: str
+    op: str
+    attempt: int
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallFinished:
+    """The classified answer to one call (``result`` is a ``CallResult`` value)."""
+
+    type: Literal["CallFinished"] = "CallFinished"
+    gid: str
+    branch_id: str
+    op: str
+    attempt: int
+    result: str
+    status_code: int | None
+    detail: str
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionDecided:
+    """The direction is fixed: confirm (TCC), cancel (TCC) or compensate (saga)."""
+
+    type: Literal["TransactionDecided"] = "TransactionDecided"
+    gid: str
+    decision: Decision
+    reason: str
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryRequested:
+    """An operator asked to retry the waiting calls now (audit trail of admin actions)."""
+
+    type: Literal["RetryRequested"] = "RetryRequested"
+    gid: str
+    by: str
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionFinished:
+    """The transaction reached a final state; nothing is written to its stream after."""
+
+    type: Literal["TransactionFinished"] = "TransactionFinished"
+    gid: str
+    outcome: Outcome
+    reason: str
+    at_us: int
+
+
+CoordinatorEvent: TypeAlias = (
+    TransactionStarted
+    | CallStarted
+    | CallFinished
+    | TransactionDecided
+    | RetryRequested
+    | TransactionFinished
+)
+
+_CLASSES: Final[dict[str, type[Any]]] = {
+    c.__name__: c
+    for c in (
+        TransactionStarted,
+        CallStarted,
+        CallFinished,
+        TransactionDecided,
+        RetryRequested,
+        TransactionFinished,
+    )
+}
+
+Upcaster = Callable[[Mapping[str, Any]], dict[str, Any]]
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+"""``(type, version) -> fn(data) -> data at version + 1``; none needed yet."""
+
+
+def event_to_data(event: CoordinatorEvent) -> dict[str, Any]:
+    """The JSON-compatible ``data`` of the envelope (every field but ``type``)."""
+    return {name: getattr(event, name) for name in event.__slots__ if name != "type"}
+
+
+def event_from_record(record: EventRecord) -> CoordinatorEvent:
+    """Rebuild an event from a stored record, upcasting older schema versions."""
+    cls = _CLASSES.get(record.type)
+    if cls is None:
+        raise JournalFailed(f"position {record.position}: unknown event type {record.type!r}")
+    data: Mapping[str, Any] = record.data
+    version = record.schema_version
+    while version < SCHEMA_VERSION:
+        data = UPCASTERS[(record.type, version)](data)
+        version += 1
+    try:
+        event: CoordinatorEvent = cls(**data)
+    except TypeError as exc:
+        raise JournalFailed(f"position {record.position}: bad {record.type} data: {exc}") from exc
+    return event
+
+
+# -- crash points (test only) ---------------------------------------------------------------
+
+
+_CRASH_SYNTAX = re.compile(
+    r"^(?P<type>[A-Za-z]+)(?::(?P<op>[a-z]+))?(?:@(?P<nth>\d+))?(?P<wal>/wal)?$"
+)
+
+
+@dataclass
+class CrashPoint:
+    """Kill this process (SIGKILL) right after the ``nth`` matching event is durable."""
+
+    type: str
+    op: str | None = None
+    nth: int = 1
+    after_wal_only: bool = False
+    seen: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> CrashPoint:
+        m = _CRASH_SYNTAX.match(text.strip())
+        if m is None or m["type"] not in _CLASSES:
+            raise ValueError(
+                f"{CRASH_POINT_ENV}={text!r}: expected TYPE[:OP][@N][/wal] with TYPE one of "
+                + ", ".join(sorted(_CLASSES))
+            )
+        return cls(m["type"], m["op"], int(m["nth"] or 1), bool(m["wal"]))
+
+    @classmethod
+    def from_env(cls) -> CrashPoint | None:
+        text = os.environ.get(CRASH_POINT_ENV)
+        return cls.parse(text) if text else None
+
+    def hit(self, records: Iterable[EventRecord]) -> bool:
+        for r in records:
+            if r.type == self.type and (self.op is None or r.data.get("op") == self.op):
+                self.seen += 1
+                if self.seen == self.nth:
+                    return True
+        return False
+
+    def crash(self) -> None:
+        _log.critical("crash point %s reached: killing the process", self)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- the journal ------------------------------------------------------------------------------
+
+
+class JournalFailed(RuntimeError):
+    """The journal cannot record anymore (WAL failure, lease lost, bad stored data): the
+    coordinator must stop and recover from disk at its next start."""
+
+
+@dataclass
+class _Entry:
+    stream: str
+    events: list[CoordinatorEvent]
+    future: asyncio.Future[None]
+
+
+@dataclass
+class Replayed:
+    """What recovery read: every event of each stream still open, in version order."""
+
+    streams: dict[str, list[CoordinatorEvent]] = field(default_factory=dict)
+    report: RecoveryReport | None = None
+
+
+class Journal:
+    """Group-committed writer of the coordinator's book (see the module docstring)."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        clock_us: Callable[[], int],
+        *,
+        batch_records_max: int = 4096,
+        snapshot_every_events: int = 10_000,
+        crash_point: CrashPoint | None = None,
+        observe_commit_s: Callable[[float], None] | None = None,
+    ) -> None:
+        self.recorder = recorder
+        self._clock_us = clock_us
+        self.batch_records_max = batch_records_max
+        self.snapshot_every_events = snapshot_every_events
+        self.crash_point = crash_point
+        self.observe_commit_s = observe_commit_s
+        self._queue: deque[_Entry] = deque()
+        self._wake = asyncio.Event()
+        self._versions: dict[str, int] = {}
+        self._finishing: set[str] = set()
+        self._next_position = 1
+        self._last_hash = b""
+        self._since_snapshot = 0
+        self._committer: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None
+        self.committed_position = 0
+        self._closing = False
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def recover(self, holder: str | None = None) -> Replayed:
+        """Blocking: take the lease, make the WAL and PostgreSQL agree, and read every
+        open stream (via the snapshot of open streams and the events after it)."""
+        report = self.recorder.recover(holder)
+        store = self.recorder.store
+        head, head_hash = store.head()
+        self._next_position, self._last_hash = head + 1, head_hash
+        self.committed_position = head
+        watermark = store.watermark()
+        streams: dict[str, list[CoordinatorEvent]] = {}
+        if watermark:
+            snap = store.load_snapshots([OPEN_STREAMS_SNAPSHOT]).get(OPEN_STREAMS_SNAPSHOT, {})
+            names = list(snap.get("streams", ()))
+            for name, records in store.read_streams(names).items():
+                streams[name] = [event_from_record(r) for r in records if r.position <= watermark]
+                self._versions[name] = records[-1].stream_version if records else 0
+        for record in store.read_positions(watermark + 1, head):
+            event = event_from_record(record)
+            streams.setdefault(record.stream_id, []).append(event)
+            self._versions[record.stream_id] = record.stream_version
+        for name in [n for n, events in streams.items() if _finished(events)]:
+            del streams[name]
+            self._versions.pop(name, None)
+        self._since_snapshot = head - watermark
+        return Replayed(streams, report)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._committer = asyncio.get_running_loop().create_task(
+            self._commit_loop(), name="coordinator-journal"
+        )
+
+    def has_stream(self, stream: str) -> bool:
+        return stream in self._versions
+
+    def open_stream(self, stream: str) -> None:
+        """Reserve a new stream (its first event will be version 1)."""
+        if stream in self._versions:
+            raise JournalFailed(f"stream {stream} is already open")
+        self._versions[stream] = 0
+
+    async def record(self, stream: str, events: list[CoordinatorEvent]) -> None:
+        """Queue ``events`` for ``stream`` and return once they are durable (WAL and
+        PostgreSQL). Raises :class:`JournalFailed` if the journal stopped."""
+        if self.failure is not None:
+            raise JournalFailed(f"journal stopped: {self.failure!r}")
+        if self._closing:
+            raise JournalFailed("journal closed")
+        if stream not in self._versions or stream in self._finishing:
+            raise JournalFailed(f"stream {stream} is not open (finished or never started)")
+        if any(e.type == "TransactionFinished" for e in events):
+            self._finishing.add(stream)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Entry(stream, events, future))
+        self._wake.set()
+        await asyncio.shield(future)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                entries = self._take()
+                try:
+                    await self._commit(entries)
+                except BaseException as exc:
+                    self._fail(exc, entries)
+                    return
+            if self._closing:
+                return
+
+    def _take(self) -> list[_Entry]:
+        entries: list[_Entry] = []
+        size = 0
+        while self._queue and (not entries or size < self.batch_records_max):
+            entry = self._queue.popleft()
+            entries.append(entry)
+            size += len(entry.events)
+        return entries
+
+    def _chain(self, entries: list[_Entry]) -> list[EventRecord]:
+        now_us = self._clock_us()
+        total = sum(len(e.events) for e in entries)
+        ids = random_uuids(total)
+        pending: list[PendingRecord] = []
+        for entry in entries:
+            if entry.stream not in self._versions:
+                raise JournalFailed(f"stream {entry.stream} was written after it finished")
+            version = self._versions[entry.stream]
+            for event in entry.events:
+                version += 1
+                pending.append(
+                    PendingRecord(
+                        next(ids),
+                        entry.stream,
+                        version,
+                        event.type,
+                        SCHEMA_VERSION,
+                        now_us,
+                        event_to_data(event),
+                    )
+                )
+                if event.type == "TransactionFinished":
+                    self._versions.pop(entry.stream)
+                    self._finishing.discard(entry.stream)
+                    break
+            else:
+                self._versions[entry.stream] = version
+        records = chain_records(pending, self._next_position, self._last_hash)
+        if records:
+            self._next_position += len(records)
+            self._last_hash = records[-1].hash
+        return records
+
+    async def _commit(self, entries: list[_Entry]) -> None:
+        records = self._chain(entries)
+        snapshots: list[SnapshotRow] = []
+        watermark: int | None = None
+        self._since_snapshot += len(records)
+        if records and self._since_snapshot >= self.snapshot_every_events:
+            watermark = records[-1].position
+            open_streams = sorted(self._versions)
+            snapshots.append(
+                SnapshotRow(OPEN_STREAMS_SNAPSHOT, watermark, {"streams": open_streams})
+            )
+            self._since_snapshot = 0
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.to_thread(self._write, records, snapshots, watermark)
+        if self.observe_commit_s:
+            self.observe_commit_s(asyncio.get_running_loop().time() - t0)
+        if records:
+            self.committed_position = records[-1].position
+        for entry in entries:
+            if not entry.future.done():
+                entry.future.set_result(None)
+
+    def _write(
+        self, records: list[EventRecord], snapshots: list[SnapshotRow], watermark: int | None
+    ) -> None:
+        crash = self.crash_point is not None and self.crash_point.hit(records)
+        self.recorder.append(records)
+        if crash and self.crash_point is not None and self.crash_point.after_wal_only:
+            self.crash_point.crash()
+        self.recorder.insert(records, snapshots, watermark)
+        if crash and self.crash_point is not None:
+            self.crash_point.crash()
+
+    def _fail(self, exc: BaseException, entries: list[_Entry]) -> None:
+        self.failure = exc
+        _log.critical("coordinator journal stopped: %r", exc)
+        failed = JournalFailed(f"journal stopped before recording: {exc!r}")
+        for entry in [*entries, *self._queue]:
+            if not entry.future.done():
+                entry.future.set_exception(failed)
+        self._queue.clear()
+
+    async def close(self) -> None:
+        """Write what is queued, stop the committer, release the WAL and the lease."""
+        self._closing = True
+        self._wake.set()
+        if self._committer is not None:
+            with contextlib.suppress(BaseException):
+                await self._committer
+        await asyncio.to_thread(self.recorder.close)
+
+
+def _finished(events: list[CoordinatorEvent]) -> bool:
+    return any(e.type == "TransactionFinished" for e in events)
+
+
+def random_uuids(n: int) -> Iterator[uuid.UUID]:
+    """``n`` random (version 4) event ids from one ``os.urandom`` call."""
+    raw = os.urandom(16 * n)
+    for i in range(0, 16 * n, 16):
+        yield uuid.UUID(bytes=raw[i : i + 16], version=4)

@@ -1,0 +1,205 @@
+"""Live coordinators and scriptable participants for the coordinator tests.
+
+* :class:`FakeParticipant`: a real HTTP server (uvicorn on a loopback port) whose answers
+  are scripted per (branch, op) and whose handlers can be *gated* (held until the test
+  opens the gate), to force a delivery order deterministically. It records every request.
+* :func:`start_coordinator`: the coordinator's real app and journal (PostgreSQL + WAL) on
+  uvicorn in a thread, optionally with a :class:`ManualClock` that the test moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ledger.api.auth import KeyStore
+from ledger.devservices import free_port
+from ledger.sagas.app import CoordinatorContext, create_app
+from ledger.sagas.coordinator import Coordinator, CoordinatorConfig
+from ledger.sagas.runtime import Clock, RuntimeConfig
+
+SUCCESS = (200, {"result": "success"})
+FAILURE = (409, {"result": "failure", "code": "refused", "detail": "scripted refusal"})
+ONGOING = (200, {"result": "ongoing"})
+BROKEN = (500, {"detail": "scripted server error"})
+
+
+@dataclass
+class Received:
+    gid: str
+    branch_id: str
+    op: str
+    body: Any
+    at: float
+
+
+@dataclass
+class FakeParticipant:
+    """A scriptable participant; answers success unless told otherwise."""
+
+    base_url: str = ""
+    script: dict[tuple[str, str], list[tuple[int, Any] | str]] = field(default_factory=dict)
+    gates: dict[tuple[str, str], threading.Event] = field(default_factory=dict)
+    arrived: dict[tuple[str, str], threading.Event] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, op: str) -> str:
+        return f"{self.base_url}/{op}"
+
+    def answer(self, branch_id: str, op: str, *answers: tuple[int, Any] | str) -> None:
+        """Answers for the next calls of (branch, op), in order; then success. An answer
+        may be "hang" (never answer: the call times out)."""
+        self.script.setdefault((branch_id, op), []).extend(answers)
+
+    def gate(self, branch_id: str, op: str) -> threading.Event:
+        """Hold (branch, op) requests until the returned event is set."""
+        gate = self.gates[(branch_id, op)] = threading.Event()
+        return gate
+
+    def wait_arrived(self, branch_id: str, op: str, timeout_s: float = 10) -> None:
+        event = self.arrived.setdefault((branch_id, op), threading.Event())
+        assert event.wait(timeout_s), f"{op} of {branch_id} never arrived"
+
+    def ops(self, gid: str | None = None) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(r.branch_id, r.op) for r in self.received if gid in (None, r.gid)]
+
+    async def handle(self, request: Request) -> Response:
+        op = request.path_params["op"]
+        body = orjson.loads(await request.body() or b"null")
+        gid = request.headers.get("x-ledger-gid", "")
+        branch = request.headers.get("x-ledger-branch", "")
+        key = (branch, op)
+        self.arrived.setdefault(key, threading.Event()).set()
+        gate = self.gates.get(key)
+        if gate is not None:
+            await asyncio.to_thread(gate.wait, 30)
+        with self.lock:
+            self.received.append(Received(gid, branch, op, body, time.monotonic()))
+            queue = self.script.get(key)
+            answer = queue.pop(0) if queue else SUCCESS
+        if answer == "hang":
+            await asyncio.sleep(3600)
+        assert isinstance(answer, tuple)
+        content = answer[1] if isinstance(answer[1], bytes) else orjson.dumps(answer[1])
+        return Response(content, answer[0], media_type="application/json")
+
+
+@contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture
+def participant() -> Iterator[FakeParticipant]:
+    fake = FakeParticipant()
+    app = Starlette(routes=[Route("/{op}", fake.handle, methods=["POST"])])
+    with serve_asgi(app) as url:
+        fake.base_url = url
+        yield fake
+        for gate in fake.gates.values():
+            gate.set()
+
+
+@dataclass
+class LiveCoordinator:
+    """A running coordinator (app + journal) and keys to call it with."""
+
+    base_url: str
+    ctx: CoordinatorContext
+    tokens: dict[str, str]
+
+    @property
+    def coordinator(self) -> Coordinator:
+        assert self.ctx.coordinator is not None
+        return self.ctx.coordinator
+
+    def client(self, scope: str = "admin") -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {self.tokens[scope]}"},
+            timeout=60,
+        )
+
+    def wait_finished(self, gid: str, timeout_s: float = 20) -> dict[str, Any]:
+        with self.client("read") as c:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                body: dict[str, Any] = c.get(f"/v1/transactions/{gid}").json()
+                if body.get("finished") or time.monotonic() > deadline:
+                    return body
+                time.sleep(0.02)
+
+
+FAST = RuntimeConfig(
+    call_timeout_s=2.0, retry_base_ms=5, retry_max_ms=40, alert_after_attempts=3, tcc_timeout_s=30
+)
+
+
+def create_keys(database_url: str) -> dict[str, str]:
+    keys = KeyStore(database_url, cache_ttl_s=0)
+    try:
+        return {s: keys.create(f"test-{s}", s)[1] for s in ("read", "write", "admin")}
+    finally:
+        keys.close()
+
+
+@contextmanager
+def start_coordinator(
+    database_url: str,
+    wal_dir: Path,
+    *,
+    runtime: RuntimeConfig = FAST,
+    clock: Clock | None = None,
+    configure: Callable[[CoordinatorConfig], CoordinatorConfig] | None = None,
+) -> Iterator[LiveCoordinator]:
+    config = CoordinatorConfig(database_url=database_url, wal_dir=wal_dir, runtime=runtime)
+    if configure is not None:
+        config = configure(config)
+    tokens = create_keys(database_url)
+    keys = KeyStore(database_url)
+    ctx = CoordinatorContext(
+        open_coordinator=lambda: Coordinator.open(config, clock=clock), keys=keys
+    )
+    try:
+        with serve_asgi(create_app(ctx)) as url:
+            yield LiveCoordinator(url, ctx, tokens)
+    finally:
+        keys.close()
+
+
+@pytest.fixture
+def live(database_url: str, tmp_path: Path) -> Iterator[LiveCoordinator]:
+    with start_coordinator(database_url, tmp_path / "coordinator-wal") as running:
+        yield running
