@@ -2,7 +2,7 @@
 
 Every call is an HTTP ``POST``. There are two body conventions, chosen by the URL:
 
-* **Template URL** (contains both ``{gid}`` and ``{branch_id}``): the placeholders are
+* **Template URL** (contains ``{gid}``, and usually ``{branch_id}``): the placeholders are
   filled in (percent-encoded) and the body is the branch's ``payload`` as given, for
   ``try`` and ``action`` only; ``confirm``, ``cancel`` and ``compensate`` carry no body.
   The ledger's own participant endpoints (``/v1/tcc/{gid}/{branch_id}/try``) work this way.
@@ -82,8 +82,8 @@ class CallOutcome:
 
 
 def is_template(url: str) -> bool:
-    """True when ``url`` encodes the gid and branch itself (the template convention)."""
-    return "{gid}" in url and "{branch_id}" in url
+    """True when ``url`` encodes the gid itself (the template convention)."""
+    return "{gid}" in url
 
 
 def build_request(

@@ -31,7 +31,7 @@ from ledger.api.auth import KeyStore
 from ledger.devservices import free_port
 from ledger.sagas.app import CoordinatorContext, create_app
 from ledger.sagas.coordinator import Coordinator, CoordinatorConfig
-from ledger.sagas.runtime import Clock, RuntimeConfig
+from ledger.sagas.runtime import Clock, ManualClock, RuntimeConfig
 
 SUCCESS = (200, {"result": "success"})
 FAILURE = (409, {"result": "failure", "code": "refused", "detail": "scripted refusal"})
@@ -152,13 +152,19 @@ class LiveCoordinator:
             timeout=60,
         )
 
-    def wait_finished(self, gid: str, timeout_s: float = 20) -> dict[str, Any]:
+    def wait_finished(
+        self, gid: str, timeout_s: float = 20, clock: ManualClock | None = None
+    ) -> dict[str, Any]:
+        """Poll until ``gid`` is finished; with a manual clock, move it 1 s per poll so
+        that back-off waits end."""
         with self.client("read") as c:
             deadline = time.monotonic() + timeout_s
             while True:
                 body: dict[str, Any] = c.get(f"/v1/transactions/{gid}").json()
                 if body.get("finished") or time.monotonic() > deadline:
                     return body
+                if clock is not None:
+                    clock.advance(1)
                 time.sleep(0.02)
 
 
@@ -203,3 +209,109 @@ def start_coordinator(
 def live(database_url: str, tmp_path: Path) -> Iterator[LiveCoordinator]:
     with start_coordinator(database_url, tmp_path / "coordinator-wal") as running:
         yield running
+
+
+class Gated:
+    """ASGI wrapper around a real participant: holds chosen requests until released and
+    can replace the answer of a processed request by a 500 (an answer lost on the way
+    back). The body is read *before* waiting, so a held request is still processed after
+    the coordinator has given up on it (a late delivery), as a slow network would do."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.holds: dict[str, threading.Event] = {}
+        self.paths: list[str] = []
+        self.lose_answers: dict[str, int] = {}
+        self.answers: list[tuple[str, int]] = []
+
+    def hold(self, path_suffix: str) -> threading.Event:
+        gate = self.holds[path_suffix] = threading.Event()
+        return gate
+
+    def wait_arrived(self, path_suffix: str, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(p.endswith(path_suffix) for p in list(self.paths)):
+            assert time.monotonic() < deadline, f"no request to {path_suffix}"
+            time.sleep(0.01)
+
+    def lose_answer(self, path_suffix: str, times: int = 1) -> None:
+        self.lose_answers[path_suffix] = times
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        suffix = next((s for s in (*self.holds, *self.lose_answers) if path.endswith(s)), "")
+        self.paths.append(path)
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        gate = self.holds.get(suffix)
+        if gate is not None:
+            await asyncio.to_thread(gate.wait, 30)
+        sent = False
+
+        async def replay() -> Any:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)
+
+        lose = self.lose_answers.get(suffix, 0) > 0
+        if lose:
+            self.lose_answers[suffix] -= 1
+        status = [0]
+
+        async def capture(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            if not lose:
+                await send(message)
+
+        await self.app(scope, replay, capture)
+        self.answers.append((path, status[0]))
+        if lose:
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b"lost"})
+
+
+@dataclass
+class Inventory:
+    """The inventory example on its own database, behind a :class:`Gated` wrapper."""
+
+    base_url: str
+    database_url: str
+    gated: Gated
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def set_stock(self, sku: str, on_hand: int) -> None:
+        r = httpx.post(self.url("/v1/items"), json={"sku": sku, "on_hand": on_hand}, timeout=10)
+        r.raise_for_status()
+
+    def stock(self, sku: str) -> dict[str, int]:
+        body: dict[str, int] = httpx.get(self.url(f"/v1/items/{sku}"), timeout=10).json()
+        return body
+
+
+@pytest.fixture
+def inventory(pg_server: Any) -> Iterator[Inventory]:
+    from examples.inventory.service import create_app as create_inventory
+    from tests.conftest import _with_database, create_database, drop_database
+
+    name = create_database(pg_server, None)
+    url = _with_database(pg_server.url, name)
+    gated = Gated(create_inventory(url))
+    try:
+        with serve_asgi(gated) as base:
+            yield Inventory(base, url, gated)
+            for gate in gated.holds.values():
+                gate.set()
+    finally:
+        drop_database(pg_server, name)
