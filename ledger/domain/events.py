@@ -618,7 +618,11 @@ _FROM_DATA: Final[dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]]] = {
 
 
 def event_from_data(
-    type_: str, schema_version: int, data: Mapping[str, Any], *, validate: bool = False
+    type: str,
+    schema_version: int,
+    data: Mapping[str, Any],
+    *,
+    validate: bool = False,
 ) -> Event:
     """Rebuild an event from its envelope's ``type``, ``schema_version`` and ``data``.
 
@@ -628,22 +632,22 @@ def event_from_data(
     ``validate=True`` the result is validated against the model (for data of unknown
     origin; slower).
     """
-    current = CURRENT_SCHEMA_VERSIONS.get(type_)
+    current = CURRENT_SCHEMA_VERSIONS.get(type)
     if current is None:
-        raise InvariantViolated(f"unknown event type {type_!r}")
+        raise InvariantViolated(f"unknown event type {type!r}")
     if schema_version != current:
-        data = _upcast(type_, schema_version, current, data)
+        data = _upcast(type, schema_version, current, data)
     if validate:
         payload = dict(data)
-        payload["type"] = type_
+        payload["type"] = type
         payload["schema_version"] = current
         return LEDGER_EVENT_ADAPTER.validate_python(payload)
     try:
-        values = _FROM_DATA[type_](data)
+        values = _FROM_DATA[type](data)
     except (KeyError, TypeError, ValueError) as error:
-        raise InvariantViolated(f"{type_} v{schema_version}: bad data: {error!r}") from error
+        raise InvariantViolated(f"{type} v{schema_version}: bad data: {error!r}") from error
     values["schema_version"] = current
-    return trusted(EVENT_TYPES[type_], values)
+    return trusted(EVENT_TYPES[type], values)
 
 
 def _upcast(type_: str, version: int, current: int, data: Mapping[str, Any]) -> Mapping[str, Any]:
