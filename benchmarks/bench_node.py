@@ -37,6 +37,7 @@ from ledger.adapters.postgres import PostgresEventStore
 from ledger.adapters.wal import open_wal
 from ledger.application.node import LedgerNode, NodeConfig
 from ledger.application.recorder import Recorder
+from ledger.bootstrap import tune_gc
 from ledger.devservices import start_postgres
 
 __all__ = ["NodeResult", "main", "run_config"]
@@ -110,9 +111,11 @@ def make_requests(
 
 async def open_node(url: str, wal_dir: Path, book: str) -> LedgerNode:
     wal, _ = open_wal(wal_dir)
-    return await LedgerNode.open(
+    node = await LedgerNode.open(
         Recorder(wal, PostgresEventStore(url, book)), NodeConfig(), expire_pending=False
     )
+    tune_gc()  # as ledger serve does (ledger.bootstrap)
+    return node
 
 
 async def seed_accounts(url: str, wal_dir: Path, book: str, count: int) -> list[UUID]:
