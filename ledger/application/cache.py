@@ -146,6 +146,9 @@ class BookCache:
             if stream_id in snaps:
                 continue
             event = domain.event_from_data(first.type, first.schema_version, dict(first.data))
+            if isinstance(event, domain.PendingTransferForbidden):
+                state.forbidden.setdefault(event.pending_id, event.transfer_id)
+                continue
             transfer = transfer_from_event(event)
             if transfer.id not in state.transfers:
                 state.add_transfer(transfer)

@@ -17,6 +17,7 @@ from ledger.domain.events import (
     AccountOpened,
     Event,
     PendingTransferExpired,
+    PendingTransferForbidden,
     PendingTransferPosted,
     PendingTransferVoided,
     TransferCreated,
@@ -39,6 +40,8 @@ def event_references(event: Event) -> tuple[tuple[UUID, ...], tuple[UUID, ...]]:
         return (event.debit_account_id, event.credit_account_id), (event.pending_id,)
     if isinstance(event, AccountOpened | AccountClosed):
         return (event.account_id,), ()
+    if isinstance(event, PendingTransferForbidden):
+        return (), (event.pending_id,)
     raise InvariantViolated(f"unknown event type {event.type!r}")
 
 

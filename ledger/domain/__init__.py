@@ -7,6 +7,7 @@ events; auditors rebuild the state with :func:`evolve`.
 
 from ledger.domain.commands import (
     AccountFlags,
+    CancelPendingTransfer,
     CloseAccount,
     Command,
     CreateTransfer,
@@ -34,6 +35,7 @@ from ledger.domain.events import (
     Event,
     LedgerEvent,
     PendingTransferExpired,
+    PendingTransferForbidden,
     PendingTransferPosted,
     PendingTransferVoided,
     TransferCreated,
@@ -76,6 +78,7 @@ __all__ = [
     "AccountFlags",
     "AccountOpened",
     "BookState",
+    "CancelPendingTransfer",
     "CloseAccount",
     "Command",
     "CommandOutcome",
@@ -90,6 +93,7 @@ __all__ = [
     "OutcomeStatus",
     "PendingStatus",
     "PendingTransferExpired",
+    "PendingTransferForbidden",
     "PendingTransferPosted",
     "PendingTransferVoided",
     "RejectionCode",

@@ -51,6 +51,7 @@ from ledger.domain.money import (
 
 __all__ = [
     "AccountFlags",
+    "CancelPendingTransfer",
     "CloseAccount",
     "Command",
     "CreateTransfer",
@@ -211,7 +212,35 @@ class ExpirePendingTransfers:
         return ()
 
 
-Command = OpenAccount | CloseAccount | CreateTransfer | ExpirePendingTransfers
+@dataclass(frozen=True, slots=True)
+class CancelPendingTransfer:
+    """The cancel of a TCC branch: void pending transfer ``pending_id`` if it exists and
+    is still pending; if it does not exist yet, forbid it (``PendingTransferForbidden``),
+    so that a try arriving after its cancel is refused with ``id_already_cancelled``
+    instead of leaving a hold nobody will release. Cancelling a hold that already ended
+    by void or expiry, or was already forbidden, succeeds and changes nothing. ``id`` is
+    the void's own transfer id: resubmitting the same cancel answers ``exists``.
+
+    It cannot be linked (a cancellation must not depend on anything else succeeding).
+    """
+
+    __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
+
+    linked: ClassVar[bool] = False
+
+    id: UUID
+    pending_id: UUID
+
+    def referenced_account_ids(self) -> tuple[UUID, ...]:
+        return ()
+
+    def referenced_transfer_ids(self) -> tuple[UUID, ...]:
+        return (self.id, self.pending_id)
+
+
+Command = (
+    OpenAccount | CloseAccount | CreateTransfer | ExpirePendingTransfers | CancelPendingTransfer
+)
 """Every command the ledger decides."""
 
 COMMAND_TYPES: Final[dict[str, type[Command]]] = {
@@ -219,6 +248,7 @@ COMMAND_TYPES: Final[dict[str, type[Command]]] = {
     "CloseAccount": CloseAccount,
     "CreateTransfer": CreateTransfer,
     "ExpirePendingTransfers": ExpirePendingTransfers,
+    "CancelPendingTransfer": CancelPendingTransfer,
 }
 
 _ADAPTERS: Final[dict[str, TypeAdapter[Any]]] = {

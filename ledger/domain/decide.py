@@ -28,6 +28,7 @@ from uuid import UUID
 
 from ledger.domain.account import decide_close_account, decide_open_account
 from ledger.domain.commands import (
+    CancelPendingTransfer,
     CloseAccount,
     Command,
     CreateTransfer,
@@ -37,7 +38,7 @@ from ledger.domain.commands import (
 from ledger.domain.errors import CommandRejected, InvariantViolated, RejectionCode
 from ledger.domain.events import Event
 from ledger.domain.evolve import EVOLVERS, evolve
-from ledger.domain.hold import decide_expire_pending_transfers
+from ledger.domain.hold import decide_cancel_pending_transfer, decide_expire_pending_transfers
 from ledger.domain.money import TIMESTAMP_MAX_US
 from ledger.domain.state import Account, BookState, Transfer
 from ledger.domain.transfer import create_transfer, decide_create_transfer
@@ -71,6 +72,7 @@ _DECIDERS: Final[dict[type[Any], Callable[[BookState, Any, int], Decided]]] = {
     OpenAccount: decide_open_account,
     CloseAccount: decide_close_account,
     ExpirePendingTransfers: decide_expire_pending_transfers,
+    CancelPendingTransfer: decide_cancel_pending_transfer,
 }
 
 

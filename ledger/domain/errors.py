@@ -43,6 +43,7 @@ class RejectionCode(StrEnum):
     invalid_field = "invalid_field"
     id_must_not_be_zero = "id_must_not_be_zero"
     id_already_used_with_different_fields = "id_already_used_with_different_fields"
+    id_already_cancelled = "id_already_cancelled"
     flags_are_mutually_exclusive = "flags_are_mutually_exclusive"
     debit_account_id_must_not_be_zero = "debit_account_id_must_not_be_zero"
     credit_account_id_must_not_be_zero = "credit_account_id_must_not_be_zero"
@@ -117,6 +118,11 @@ REJECTION_RULES: dict[RejectionCode, tuple[str, str]] = {
         "OpenAccount, CreateTransfer",
         "the id is taken by an account or transfer whose fields differ (the detail names "
         "the first one); identical fields give the outcome `exists` instead",
+    ),
+    _R.id_already_cancelled: (
+        "CreateTransfer",
+        "a CancelPendingTransfer for this id arrived before the transfer itself (TCC cancel "
+        "before try): the id is spent, so a late try cannot leave a hold behind",
     ),
     _R.flags_are_mutually_exclusive: (
         "OpenAccount, CreateTransfer",

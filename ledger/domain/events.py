@@ -45,6 +45,7 @@ __all__ = [
     "Event",
     "LedgerEvent",
     "PendingTransferExpired",
+    "PendingTransferForbidden",
     "PendingTransferPosted",
     "PendingTransferVoided",
     "TransferCreated",
@@ -259,6 +260,27 @@ class PendingTransferExpired(Event):
         return 2
 
 
+class PendingTransferForbidden(Event):
+    """A cancellation (``CancelPendingTransfer`` ``transfer_id``) arrived before pending
+    transfer ``pending_id`` was created: nothing was reserved, nothing is released, and the
+    id ``pending_id`` can no longer be used (a late TCC try is refused: no hanging hold).
+    It occupies the pending id's stream, so the event store's unique (stream, version)
+    backs the rule up."""
+
+    type: Literal["PendingTransferForbidden"] = "PendingTransferForbidden"
+    transfer_id: UUID
+    pending_id: UUID
+    timestamp_us: int
+
+    @property
+    def stream_id(self) -> str:
+        return f"transfer-{_id_str(self.pending_id)}"
+
+    @property
+    def stream_version(self) -> int:
+        return 1
+
+
 LedgerEvent = Annotated[
     Union[  # noqa: UP007 (a discriminated union needs the Union spelling in Annotated)
         AccountOpened,
@@ -267,6 +289,7 @@ LedgerEvent = Annotated[
         PendingTransferPosted,
         PendingTransferVoided,
         PendingTransferExpired,
+        PendingTransferForbidden,
     ],
     Field(discriminator="type"),
 ]
@@ -283,6 +306,7 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
         PendingTransferPosted,
         PendingTransferVoided,
         PendingTransferExpired,
+        PendingTransferForbidden,
     )
 }
 
@@ -462,7 +486,16 @@ def _pending_expired_data(e: Any) -> dict[str, Any]:
     }
 
 
+def _pending_forbidden_data(e: Any) -> dict[str, Any]:
+    return {
+        "transfer_id": _id_str(e.transfer_id),
+        "pending_id": _id_str(e.pending_id),
+        "timestamp_us": e.timestamp_us,
+    }
+
+
 _TO_DATA: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
+    "PendingTransferForbidden": _pending_forbidden_data,
     "AccountOpened": _account_opened_data,
     "AccountClosed": _account_closed_data,
     "TransferCreated": _transfer_created_data,
@@ -607,7 +640,18 @@ def _pending_expired(data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _pending_forbidden(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "PendingTransferForbidden",
+        "schema_version": 1,
+        "transfer_id": _uuid(data["transfer_id"]),
+        "pending_id": _uuid(data["pending_id"]),
+        "timestamp_us": data["timestamp_us"],
+    }
+
+
 _FROM_DATA: Final[dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]]] = {
+    "PendingTransferForbidden": _pending_forbidden,
     "AccountOpened": _account_opened,
     "AccountClosed": _account_closed,
     "TransferCreated": _transfer_created,

@@ -197,7 +197,14 @@ def _expired(state: BookState, e: Any) -> None:
     state.drop_stale_expiries()
 
 
+def _forbidden(state: BookState, e: Any) -> None:
+    if e.pending_id in state.transfers:
+        raise InvariantViolated(f"PendingTransferForbidden for existing transfer {e.pending_id}")
+    state.forbidden[e.pending_id] = e.transfer_id
+
+
 EVOLVERS: Final[dict[str, Callable[[BookState, Any], None]]] = {
+    "PendingTransferForbidden": _forbidden,
     "TransferCreated": _created,
     "PendingTransferPosted": _posted,
     "PendingTransferVoided": _voided,

@@ -22,11 +22,17 @@ from collections.abc import Iterator
 from typing import Final
 from uuid import UUID
 
-from ledger.domain.commands import CreateTransfer, ExpirePendingTransfers
+from ledger.domain.commands import (
+    CancelPendingTransfer,
+    CreateTransfer,
+    ExpirePendingTransfers,
+    TransferFlags,
+)
 from ledger.domain.errors import CommandRejected, InvariantViolated, RejectionCode
 from ledger.domain.events import (
     Event,
     PendingTransferExpired,
+    PendingTransferForbidden,
     PendingTransferPosted,
     PendingTransferVoided,
     trusted,
@@ -34,7 +40,11 @@ from ledger.domain.events import (
 from ledger.domain.money import AMOUNT_MAX, EXPIRE_BATCH_MAX, AccountBalances
 from ledger.domain.state import Account, BookState, PendingStatus, Transfer
 
-__all__ = ["decide_expire_pending_transfers", "decide_post_or_void"]
+__all__ = [
+    "decide_cancel_pending_transfer",
+    "decide_expire_pending_transfers",
+    "decide_post_or_void",
+]
 
 _R = RejectionCode
 _ENDED: Final = {
@@ -275,3 +285,61 @@ def _expirations(state: BookState, now_us: int, limit: int) -> Iterator[Event]:
                 "credit_account_after": AccountBalances(*credit_now),
             },
         )
+
+
+_VOID: Final = TransferFlags(void_pending_transfer=True)
+
+
+def decide_cancel_pending_transfer(
+    state: BookState, command: CancelPendingTransfer, now_us: int
+) -> tuple[Event, ...] | Transfer:
+    """The TCC cancel (see ``CancelPendingTransfer``): a void, an empty cancellation that
+    forbids the id, nothing (the hold already ended), or the stored void (``exists``)."""
+    if command.id.int == 0:
+        raise CommandRejected(_R.id_must_not_be_zero, "transfer id is the nil UUID")
+    pending_id = command.pending_id
+    if pending_id.int == 0:
+        raise CommandRejected(_R.pending_id_must_be_set, "a cancel needs pending_id")
+    if pending_id.int == command.id.int:
+        raise CommandRejected(
+            _R.pending_id_must_be_different, f"pending_id is the cancel's own id {pending_id}"
+        )
+    existing = state.transfers.get(command.id)
+    if existing is not None:
+        if existing.flags.void_pending_transfer and existing.pending_id == pending_id:
+            return existing
+        raise CommandRejected(
+            _R.id_already_used_with_different_fields,
+            f"transfer {command.id} exists and is not the void of {pending_id}",
+        )
+    if pending_id in state.forbidden:
+        return ()
+    pending = state.transfers.get(pending_id)
+    if pending is None:
+        forbidden = trusted(
+            PendingTransferForbidden,
+            {
+                "type": "PendingTransferForbidden",
+                "schema_version": 1,
+                "transfer_id": command.id,
+                "pending_id": pending_id,
+                "timestamp_us": now_us,
+            },
+        )
+        return (forbidden,)
+    if not pending.flags.pending:
+        raise CommandRejected(
+            _R.pending_transfer_not_pending, f"transfer {pending_id} was not created pending"
+        )
+    status = pending.pending_status
+    if status is PendingStatus.posted:
+        raise CommandRejected(
+            _R.pending_transfer_already_posted,
+            f"pending transfer {pending_id} was posted: it can no longer be cancelled",
+        )
+    if status is not PendingStatus.pending or (
+        pending.expires_at_us is not None and now_us >= pending.expires_at_us
+    ):
+        return ()  # voided or expired (or expiring now): nothing left to release
+    void = CreateTransfer(id=command.id, pending_id=pending_id, flags=_VOID)
+    return decide_post_or_void(state, void, now_us)

@@ -348,6 +348,8 @@ class BookState:
     accounts: dict[UUID, Account] = field(default_factory=dict)
     transfers: dict[UUID, Transfer] = field(default_factory=dict)
     expiries: list[ExpiryEntry] = field(default_factory=list)
+    forbidden: dict[UUID, UUID] = field(default_factory=dict)
+    """Pending ids cancelled before they were created, with the cancelling command's id."""
 
     def add_account(self, account: Account) -> None:
         """Put an account loaded from storage into the state (replaces the same id)."""
@@ -423,6 +425,7 @@ class BookState:
             accounts={k: a.copy() for k, a in self.accounts.items()},
             transfers={k: t.copy() for k, t in self.transfers.items()},
             expiries=list(self.expiries),
+            forbidden=dict(self.forbidden),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -431,6 +434,7 @@ class BookState:
         return (
             self.accounts == other.accounts
             and self.transfers == other.transfers
+            and self.forbidden == other.forbidden
             and self.live_expiries() == other.live_expiries()
         )
 

@@ -108,6 +108,12 @@ def create_transfer(
     existing = state.transfers.get(transfer_id)
     if existing is not None:
         return same_transfer(existing, command)
+    if state.forbidden and transfer_id in state.forbidden:
+        raise CommandRejected(
+            _R.id_already_cancelled,
+            f"transfer {transfer_id} was cancelled before it was created "
+            f"(by {state.forbidden[transfer_id]})",
+        )
     flags = command.flags
     if flags.post_pending_transfer or flags.void_pending_transfer:
         if flags.pending or (flags.post_pending_transfer and flags.void_pending_transfer):

@@ -18,6 +18,7 @@ from ledger.domain import (
     EVENT_TYPES,
     UPCASTERS,
     AccountOpened,
+    CancelPendingTransfer,
     CloseAccount,
     CreateTransfer,
     Event,
@@ -43,6 +44,7 @@ def events() -> list[Event]:
     book.ok(CreateTransfer(uid(2), pending_id=voided, flags=VOID))
     book.ok(ExpirePendingTransfers(now_us=NOW_US + 1_000_000))
     book.ok(CloseAccount(b))
+    book.ok(CancelPendingTransfer(uid(3), pending_id=uid(4)))  # cancel before try
     assert {e.type for e in book.log} == set(EVENT_TYPES)
     return book.log
 

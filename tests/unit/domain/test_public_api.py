@@ -11,6 +11,8 @@ from ledger.domain import REJECTION_RULES, RejectionCode, render_rejection_table
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "rejection-codes.md"
 
 EXPECTED = {
+    "CancelPendingTransfer",
+    "PendingTransferForbidden",
     "AMOUNT_MAX", "CODE_MAX", "CURRENT_SCHEMA_VERSIONS", "EVENT_TYPES", "EXPIRE_BATCH_MAX",
     "METADATA_ENTRIES_MAX", "METADATA_KEY_LENGTH_MAX", "METADATA_VALUE_LENGTH_MAX", "NIL_ID",
     "REJECTION_RULES", "SCALE_DEFAULT", "SCALE_MAX", "UPCASTERS", "Account", "AccountBalances",

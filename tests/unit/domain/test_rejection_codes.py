@@ -17,6 +17,7 @@ from ledger.domain import (
     AMOUNT_MAX,
     NIL_ID,
     AccountFlags,
+    CancelPendingTransfer,
     CloseAccount,
     CreateTransfer,
     ExpirePendingTransfers,
@@ -150,6 +151,12 @@ def overflows_credits(w: World) -> RejectionCode:
     return w.book.code_of(w.transfer(credit_account_id=y, amount_minor=2, flags=PENDING))
 
 
+def id_already_cancelled(w: World) -> RejectionCode:
+    late_try = w.transfer(flags=PENDING)
+    w.book.ok(CancelPendingTransfer(uid(900), pending_id=late_try.id))
+    return w.book.code_of(late_try)
+
+
 SCENARIOS: dict[RejectionCode, Callable[[World], RejectionCode]] = {
     R.linked_event_failed: linked_event_failed,
     R.linked_event_chain_open: linked_event_chain_open,
@@ -158,6 +165,7 @@ SCENARIOS: dict[RejectionCode, Callable[[World], RejectionCode]] = {
     R.id_already_used_with_different_fields: lambda w: w.book.code_of(
         w.transfer(id=w.plain, amount_minor=6)
     ),
+    R.id_already_cancelled: id_already_cancelled,
     R.flags_are_mutually_exclusive: lambda w: w.book.code_of(
         w.post(flags=TransferFlags(pending=True, post_pending_transfer=True))
     ),

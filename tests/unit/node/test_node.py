@@ -328,3 +328,25 @@ def test_pending_transfer_expires_by_the_node_clock(tmp_path: Path) -> None:
         await node.close()
 
     asyncio.run(scenario())
+
+
+def test_cancel_before_try_survives_a_restart(tmp_path: Path) -> None:
+    """The forbidden id is loaded lazily from its event after a restart."""
+    db = MemoryDatabase()
+
+    async def scenario() -> None:
+        config = NodeConfig(snapshot_every_events=1)  # nothing left to replay at restart
+        node = await start(tmp_path / "wal", db, config)
+        a, b = account(), account()
+        await node.submit([a, b])
+        late = transfer(a.id, b.id, 5, flags=domain.TransferFlags(pending=True))
+        [cancelled] = await node.submit([domain.CancelPendingTransfer(uuid.uuid4(), late.id)])
+        assert cancelled.status == "created"
+        await node.close()
+        again = await start(tmp_path / "wal", db, config)
+        assert late.id not in again.state.forbidden  # not loaded until asked
+        [refused] = await again.submit([late])
+        assert refused.code == domain.RejectionCode.id_already_cancelled
+        await again.close()
+
+    asyncio.run(scenario())
