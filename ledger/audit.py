@@ -456,8 +456,15 @@ class _StoreCheck:
     def poll(self, wal: _WalScan, block: bool) -> None:
         while self.count is None:
             try:
-                kind, a, b = self.queue.get(block=block, timeout=600 if block else None)
+                kind, a, b = self.queue.get(block=block, timeout=1.0 if block else None)
             except queue.Empty:
+                if block and self.process.is_alive():
+                    continue
+                if block:
+                    raise RuntimeError(
+                        "the event store check process exited with code "
+                        f"{self.process.exitcode} before it finished"
+                    ) from None
                 return
             if kind == "chunk":
                 self.store_chunks[a] = b
@@ -749,6 +756,9 @@ def replay_command(args: Any) -> int:
     except Finding as finding:
         print(f"ledger wal replay: MISMATCH at {finding.where}: {finding.what}", file=sys.stderr)
         return 1
+    except (OSError, RuntimeError) as exc:
+        print(f"ledger wal replay: could not complete the audit: {exc}", file=sys.stderr)
+        return 2
     print(f"ok: book {book_id!r}")
     for line in report.lines():
         print(f"  {line}")

@@ -104,7 +104,7 @@ def rebuild_command(args: argparse.Namespace) -> int:
     print(
         f"rebuilt {report.projection}: {report.events} events replayed in "
         f"{report.duration_s:.2f} s, swapped in {report.swap_ms:.0f} ms; "
-        f"{report.books} books ({positions or 'none'})"
+        f"{report.books} {'book' if report.books == 1 else 'books'} ({positions or 'none'})"
     )
     return 0
 
