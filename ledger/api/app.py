@@ -39,6 +39,7 @@ from ledger.api.problems import (
     handle_validation,
     problem_response,
 )
+from ledger.api.tcc import register_tcc_routes
 from ledger.application.errors import NodeStopped, Overloaded, Retriable
 from ledger.application.node import LedgerNode
 from ledger.logs import request_id
@@ -586,6 +587,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             ctx.metrics.position.set(ctx.node.position)
         return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    register_tcc_routes(app, submit, require("write"))
     return app
 
 
