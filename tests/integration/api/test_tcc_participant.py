@@ -126,7 +126,6 @@ def test_try_refused_by_a_ledger_rule_is_a_final_failure(tcc: LiveServer) -> Non
             "result": "failure",
             "code": "exceeds_credits",
             "detail": r.json()["detail"],
-            "transfer_id": None,
         }
 
 
