@@ -132,6 +132,24 @@ class AccountView(BaseModel):
     balances: Balances
 
 
+class Entry(BaseModel):
+    """One movement of an account, with its balances after it (read model)."""
+
+    position: int
+    transfer_id: UUID
+    pending_id: UUID | None
+    type: str
+    side: Literal["debit", "credit"]
+    amount_minor: int
+    ledger: str
+    timestamp_us: int
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+    available: int
+
+
 class TransferView(BaseModel):
     id: UUID
     debit_account_id: UUID
@@ -295,6 +313,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         finally:
             if ctx.close_node_on_shutdown and ctx.node is not None:
                 await ctx.node.close()
+            if ctx.read_models is not None:
+                await ctx.read_models.close()
 
     app = FastAPI(
         title="eventledger",
@@ -314,6 +334,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 detail = f"ledger node stopped: {ctx.node.failure!r}"
             raise ApiProblem(503, "unavailable", detail, headers={"Retry-After": "1"})
         return ctx.node
+
+    def read_models() -> Any:
+        if ctx.read_models is None:
+            raise ApiProblem(
+                501,
+                "read_model_not_available",
+                "balances as of a time and entries are served by the projections "
+                "(ledger relay + ledger project); they are not enabled on this server",
+            )
+        return ctx.read_models
 
     def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
         async def check(
@@ -501,26 +531,28 @@ def create_app(ctx: ApiContext) -> FastAPI:
         "/v1/accounts/{account_id}/balance",
         response_model=Balances,
         responses={
-            404: {"description": "no such account"},
-            501: {"description": "no read model"},
+            404: {"description": "no such account (then) (problem+json)"},
+            501: {"description": "read models not enabled (problem+json)"},
             **PROBLEM_RESPONSES,
         },
         dependencies=[Depends(require("read"))],
     )
     async def get_balance(
         account_id: Annotated[UUID, Path()],
-        as_of: Annotated[int | None, Query(description="microseconds since the epoch")] = None,
+        as_of: Annotated[
+            int | None, Query(ge=0, le=2**63 - 1, description="microseconds since the epoch")
+        ] = None,
     ) -> Balances:
         if as_of is not None:
-            if ctx.read_models is None:
+            found = await read_models().balance_as_of(account_id, as_of)
+            if found is None:
                 raise ApiProblem(
-                    501,
-                    "read_model_not_available",
-                    "balance as of a time is served by the projections (ledger project); "
-                    "they are not enabled on this server",
+                    404,
+                    "account_not_found",
+                    f"account {account_id} did not exist at {as_of} us "
+                    "(or the projections have not reached it yet)",
                 )
-            result: Balances = await ctx.read_models.balance_as_of(account_id, as_of)
-            return result
+            return Balances(**found)
         account = await node().read_account(account_id)
         if account is None:
             raise ApiProblem(404, "account_not_found", f"no account {account_id}")
@@ -528,22 +560,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get(
         "/v1/accounts/{account_id}/entries",
-        responses={501: {"description": "no read model"}, **PROBLEM_RESPONSES},
+        response_model=list[Entry],
+        responses={501: {"description": "read models not enabled"}, **PROBLEM_RESPONSES},
         dependencies=[Depends(require("read"))],
     )
     async def get_entries(
         account_id: Annotated[UUID, Path()],
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        after_position: Annotated[int, Query(ge=0)] = 0,
-    ) -> Any:
-        if ctx.read_models is None:
-            raise ApiProblem(
-                501,
-                "read_model_not_available",
-                "account entries are served by the projections (ledger project); "
-                "they are not enabled on this server",
-            )
-        return await ctx.read_models.entries(account_id, limit, after_position)
+        after_position: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    ) -> list[Entry]:
+        rows = await read_models().entries(account_id, limit, after_position)
+        return [Entry(**row) for row in rows]
 
     @app.get(
         "/v1/transfers/{transfer_id}",

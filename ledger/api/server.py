@@ -15,18 +15,31 @@ from ledger.config import Settings
 from ledger.devservices import start_embedded_postgres
 from ledger.logs import configure_logging
 
-__all__ = ["build_context", "serve"]
+__all__ = ["attach_read_models", "build_context", "serve"]
 
 _log = logging.getLogger(__name__)
 
 
+def attach_read_models(ctx: ApiContext, database_url: str, book_id: str) -> ApiContext:
+    """Serve balance-as-of and entries from the read models; export their lag."""
+    from projections.read import ReadModels
+    from projections.status import StatusCollector
+
+    ctx.read_models = ReadModels(database_url, book_id)
+    ctx.metrics.registry.register(StatusCollector(database_url))
+    return ctx
+
+
 def build_context(settings: Settings, database_url: str) -> ApiContext:
-    return ApiContext(
+    """The API's parts: the node (opened in the server's loop), keys, idempotency, and
+    the read models with their lag exported as metrics."""
+    ctx = ApiContext(
         open_node=lambda: open_node(settings, database_url),
         keys=KeyStore(database_url),
         idempotency=IdempotencyStore(database_url, settings.book_id),
         body_size_max_bytes=settings.http_body_size_max_bytes,
     )
+    return attach_read_models(ctx, database_url, settings.book_id)
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:

@@ -15,6 +15,7 @@ import uvicorn
 from ledger.api.app import ApiContext, create_app
 from ledger.api.auth import KeyStore
 from ledger.api.idempotency import IdempotencyStore
+from ledger.api.server import attach_read_models
 from ledger.bootstrap import open_node
 from ledger.config import load_settings
 from ledger.devservices import free_port
@@ -36,7 +37,9 @@ class LiveServer:
         )
 
 
-def start_server(database_url: str, wal_dir: Path, **settings: object) -> Iterator[LiveServer]:
+def start_server(
+    database_url: str, wal_dir: Path, read_models: bool = False, **settings: object
+) -> Iterator[LiveServer]:
     config = load_settings(wal_dir=wal_dir, book_id="api", **settings)
     keys = KeyStore(database_url, cache_ttl_s=0)
     tokens, key_ids = {}, {}
@@ -49,6 +52,8 @@ def start_server(database_url: str, wal_dir: Path, **settings: object) -> Iterat
         idempotency=IdempotencyStore(database_url, config.book_id),
         body_size_max_bytes=config.http_body_size_max_bytes,
     )
+    if read_models:
+        attach_read_models(ctx, database_url, config.book_id)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning")
