@@ -95,10 +95,10 @@ class Demo:
         }
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        return subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", *args], env=self.env(), stdout=log, stderr=log
-        )
+        with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its copy
+            return subprocess.Popen(
+                [sys.executable, "-m", "ledger.cli", *args], env=self.env(), stdout=log, stderr=log
+            )
 
     def start_workers(self) -> None:
         self.workers.append(self.spawn("relay", "relay"))
