@@ -21,6 +21,7 @@ Errors are ``application/problem+json`` with a stable ``code`` (``ledger.api.pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,12 +33,19 @@ import uvicorn
 from fastapi import Depends, FastAPI, Header, Path, Query
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.api.auth import ApiKey, KeyStore, scope_allows
-from ledger.api.problems import ApiProblem, handle_http, handle_problem, handle_validation
+from ledger.api.problems import (
+    ApiProblem,
+    handle_http,
+    handle_problem,
+    handle_validation,
+    problem_response,
+)
 from ledger.config import Settings
 from ledger.sagas.coordinator import (
     Coordinator,
@@ -328,7 +336,116 @@ def create_app(ctx: CoordinatorContext) -> FastAPI:
         c.update_gauges()
         return Response(generate_latest(c.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(FastStart, started=started, keys=ctx.keys)
     return app
+
+
+class FastStart:
+    """The hot path of ``POST /v1/tcc`` and ``POST /v1/sagas`` as pure ASGI.
+
+    FastAPI's request machinery (dependency solving, parameter validation, exception
+    middleware) costs about as much CPU as running the transaction itself. A request
+    whose key is in the verification cache with write scope, whose query string is
+    plain and whose body validates is answered here by the same ``started`` function
+    the routes use; anything else (no or unknown key, bad input, large body) is handed
+    on to FastAPI with its body replayed, so every error keeps its problem document.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        started: Callable[[str, TccSpec | SagaSpec, bool, float | None], Awaitable[Response]],
+        keys: KeyStore,
+    ) -> None:
+        self.app = app
+        self.started = started
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path")
+        if scope["type"] != "http" or scope["method"] != "POST" or path not in _STARTS:
+            await self.app(scope, receive, send)
+            return
+        body, more = await _read_body(receive, FAST_BODY_BYTES_MAX)
+        spec: TccSpec | SagaSpec | None = None
+        params = _plain_query(scope.get("query_string", b""))
+        if not more and params is not None and self._authorized(scope):
+            model = TccSpec if path == "/v1/tcc" else SagaSpec
+            with contextlib.suppress(ValidationError):
+                spec = model.model_validate_json(body)
+        if spec is None or params is None:
+            await self.app(scope, _replay(body, more, receive), send)
+            return
+        wait, timeout_s = params
+        try:
+            response = await self.started(_STARTS[path], spec, wait, timeout_s)
+        except ApiProblem as problem:
+            response = problem_response(problem)
+        await response(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                text = value.decode("latin-1")
+                if not text.lower().startswith("bearer "):
+                    return False
+                known, key = self.keys.cached(text[7:].strip())
+                return known and key is not None and scope_allows(key.scope, "write")
+        return False
+
+
+_STARTS: Final = {"/v1/tcc": "tcc", "/v1/sagas": "saga"}
+FAST_BODY_BYTES_MAX: Final = 1 << 20
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The body, up to ``limit`` bytes; (bytes read, True if more is left unread)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks), False
+        if size > limit:
+            return b"".join(chunks), True
+
+
+def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replay
+
+
+def _plain_query(query: bytes) -> tuple[bool, float | None] | None:
+    """``wait`` and ``wait_timeout_s`` from a simple query string, or None (let FastAPI
+    validate it) for anything else."""
+    wait, timeout_s = False, None
+    if not query:
+        return wait, timeout_s
+    for part in query.decode("latin-1").split("&"):
+        name, _, value = part.partition("=")
+        if name == "wait" and value in ("true", "false", "1", "0"):
+            wait = value in ("true", "1")
+        elif name == "wait_timeout_s":
+            try:
+                timeout_s = float(value)
+            except ValueError:
+                return None
+            if not 0 < timeout_s <= 3600:
+                return None
+        else:
+            return None
+    return wait, timeout_s
 
 
 def serve_coordinator(settings: Settings, host: str | None = None, port: int | None = None) -> int:

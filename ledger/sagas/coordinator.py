@@ -43,11 +43,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 from ledger.adapters.postgres import PostgresEventStore
 from ledger.adapters.wal import open_wal
 from ledger.application.recorder import Recorder, RecoveryReport
+from ledger.devservices import normalise_pg_url
 from ledger.logs import transaction_id
+from ledger.sagas.http import FastPoster, HttpxPoster, Poster
 from ledger.sagas.journal import (
     CallStarted,
     CoordinatorEvent,
@@ -111,6 +114,68 @@ class CoordinatorConfig:
     snapshot_every_events: int = 10_000
 
 
+class GidLookup:
+    """Answers "is this gid already stored?" for many concurrent starts with one query:
+    a start with a client-chosen gid must not reuse it, and asking PostgreSQL once per
+    start through one connection would serialise the starts. Queries wait while one is
+    running, then go out together (as group commit does for writes)."""
+
+    def __init__(self, database_url: str, book_id: str) -> None:
+        self._dsn = normalise_pg_url(database_url).replace("postgresql+psycopg://", "postgresql://")
+        self._book_id = book_id
+        self._waiting: dict[str, list[asyncio.Future[bool]]] = {}
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def exists(self, gid: str) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(gid, []).append(future)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            try:
+                found = await self._query(list(batch))
+            except Exception as exc:
+                failed = JournalFailed(f"cannot look up gids in PostgreSQL: {exc!r}")
+                for futures in batch.values():
+                    for f in futures:
+                        if not f.done():
+                            f.set_exception(failed)
+                continue
+            for gid, futures in batch.items():
+                for f in futures:
+                    if not f.done():
+                        f.set_result(gid in found)
+
+    async def _query(self, gids: list[str]) -> set[str]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        streams = [stream_id(k, g) for g in gids for k in ("tcc", "saga")]
+        try:
+            cur = await self._conn.execute(
+                "SELECT stream_id FROM events WHERE book_id = %s AND stream_id = ANY(%s) "
+                "AND stream_version = 1",
+                (self._book_id, streams),
+            )
+            rows = await cur.fetchall()
+        except psycopg.OperationalError:
+            await self._conn.close()
+            self._conn = None
+            raise
+        return {str(r[0]).split("-", 1)[1] for r in rows}
+
+    async def close(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self._conn is not None:
+            await self._conn.close()
+
+
 class Coordinator:
     """Starts, drives, recovers and administers global transactions (module docstring)."""
 
@@ -118,7 +183,7 @@ class Coordinator:
         self,
         config: CoordinatorConfig,
         journal: Journal,
-        client: httpx.AsyncClient,
+        client: Poster,
         clock: Clock,
         metrics: CoordinatorMetrics,
     ) -> None:
@@ -135,6 +200,7 @@ class Coordinator:
         self._reserved: dict[str, asyncio.Event] = {}
         self.recovery: RecoveryReport | None = None
         self.closing = False
+        self.gids = GidLookup(config.database_url, config.book_id)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -174,7 +240,12 @@ class Coordinator:
             max_connections=config.connections_max,
             max_keepalive_connections=config.connections_max,
         )
-        client = httpx.AsyncClient(limits=limits, transport=transport, trust_env=False)
+        fallback = HttpxPoster(
+            httpx.AsyncClient(limits=limits, transport=transport, trust_env=False)
+        )
+        client: Poster = (
+            fallback if transport is not None else FastPoster(fallback, config.connections_max)
+        )
         coordinator = cls(config, journal, client, clock, metrics)
         coordinator.recovery = replayed.report
         journal.start()
@@ -198,6 +269,7 @@ class Coordinator:
                 await task
         await self.journal.close()
         await self.client.aclose()
+        await self.gids.close()
 
     @property
     def ready(self) -> bool:
@@ -267,7 +339,7 @@ class Coordinator:
             return self.live[gid]
         self._reserved[gid] = asyncio.Event()
         try:
-            found = await self._load(gid)
+            found = await self._load(gid) if await self.gids.exists(gid) else None
         except BaseException:
             self._release(gid)
             raise

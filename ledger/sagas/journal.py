@@ -8,9 +8,13 @@ in both, so a caller that awaits it before an HTTP call has made the call's inte
 
 Group commit: records wait in a queue while the previous batch is being written; the
 committer then takes everything queued (up to ``batch_records_max``) as one batch, so one
-fsync and one insert serve every transaction that advanced meanwhile. Records are chained
-(positions, hashes, stream versions) in the order :meth:`record` was called, on the event
-loop, so versions never go backwards even when many tasks write one stream.
+fsync and one insert serve every transaction that advanced meanwhile. Two stages, as in
+the ledger node: the WAL stage appends and fsyncs batch N+1 while the store stage inserts
+batch N into PostgreSQL (so at most two batches are in flight, and the WAL is ahead of
+PostgreSQL by at most those). Callers are answered by the store stage, in batch order.
+Records are chained (positions, hashes, stream versions) in the order :meth:`record` was
+called, on the event loop, so versions never go backwards even when many tasks write
+one stream.
 
 Snapshots: every ``snapshot_every_events`` events the batch carries one snapshot row, the
 list of streams still open (started, not finished) as of the batch's last position, saved
@@ -267,6 +271,16 @@ class _Entry:
 
 
 @dataclass
+class _Batch:
+    entries: list[_Entry]
+    records: list[EventRecord]
+    snapshots: list[SnapshotRow]
+    watermark: int | None
+    started_s: float
+    crash: bool = False
+
+
+@dataclass
 class Replayed:
     """What recovery read: every event of each stream still open, in version order."""
 
@@ -301,6 +315,8 @@ class Journal:
         self._last_hash = b""
         self._since_snapshot = 0
         self._committer: asyncio.Task[None] | None = None
+        self._store_task: asyncio.Task[None] | None = None
+        self._stored: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
         self.failure: BaseException | None = None
         self.committed_position = 0
         self._closing = False
@@ -366,18 +382,52 @@ class Journal:
         await asyncio.shield(future)
 
     async def _commit_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                entries = self._take()
-                try:
-                    await self._commit(entries)
-                except BaseException as exc:
-                    self._fail(exc, entries)
+        """The WAL stage: chain and append each batch (one fdatasync), then hand it to the
+        store stage; it may sync batch N+1 while PostgreSQL commits batch N."""
+        self._store_task = asyncio.get_running_loop().create_task(
+            self._store_loop(), name="coordinator-journal-store"
+        )
+        try:
+            while self.failure is None:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue and self.failure is None:
+                    entries = self._take()
+                    try:
+                        batch = await self._append(entries)
+                    except BaseException as exc:
+                        self._fail(exc, entries)
+                        return
+                    await self._stored.put(batch)
+                if self._closing and not self._queue:
                     return
-            if self._closing:
+        finally:
+            await self._stored.put(None)
+            with contextlib.suppress(BaseException):
+                await self._store_task
+
+    async def _store_loop(self) -> None:
+        """The store stage: insert each batch in PostgreSQL (retried by the recorder until
+        it commits), then answer its callers."""
+        while True:
+            batch = await self._stored.get()
+            if batch is None:
                 return
+            if self.failure is not None:
+                self._fail(self.failure, batch.entries)
+                continue
+            try:
+                await asyncio.to_thread(self._insert, batch)
+            except BaseException as exc:
+                self._fail(exc, batch.entries)
+                continue
+            if self.observe_commit_s:
+                self.observe_commit_s(asyncio.get_running_loop().time() - batch.started_s)
+            if batch.records:
+                self.committed_position = batch.records[-1].position
+            for entry in batch.entries:
+                if not entry.future.done():
+                    entry.future.set_result(None)
 
     def _take(self) -> list[_Entry]:
         entries: list[_Entry] = []
@@ -422,42 +472,35 @@ class Journal:
             self._last_hash = records[-1].hash
         return records
 
-    async def _commit(self, entries: list[_Entry]) -> None:
+    async def _append(self, entries: list[_Entry]) -> _Batch:
+        started_s = asyncio.get_running_loop().time()
         records = self._chain(entries)
         snapshots: list[SnapshotRow] = []
         watermark: int | None = None
         self._since_snapshot += len(records)
         if records and self._since_snapshot >= self.snapshot_every_events:
             watermark = records[-1].position
-            open_streams = sorted(self._versions)
             snapshots.append(
-                SnapshotRow(OPEN_STREAMS_SNAPSHOT, watermark, {"streams": open_streams})
+                SnapshotRow(OPEN_STREAMS_SNAPSHOT, watermark, {"streams": sorted(self._versions)})
             )
             self._since_snapshot = 0
-        t0 = asyncio.get_running_loop().time()
-        await asyncio.to_thread(self._write, records, snapshots, watermark)
-        if self.observe_commit_s:
-            self.observe_commit_s(asyncio.get_running_loop().time() - t0)
-        if records:
-            self.committed_position = records[-1].position
-        for entry in entries:
-            if not entry.future.done():
-                entry.future.set_result(None)
-
-    def _write(
-        self, records: list[EventRecord], snapshots: list[SnapshotRow], watermark: int | None
-    ) -> None:
-        crash = self.crash_point is not None and self.crash_point.hit(records)
-        self.recorder.append(records)
-        if crash and self.crash_point is not None and self.crash_point.after_wal_only:
+        batch = _Batch(entries, records, snapshots, watermark, started_s)
+        if self.crash_point is not None:
+            batch.crash = self.crash_point.hit(records)
+        await asyncio.to_thread(self.recorder.append, records)
+        if batch.crash and self.crash_point is not None and self.crash_point.after_wal_only:
             self.crash_point.crash()
-        self.recorder.insert(records, snapshots, watermark)
-        if crash and self.crash_point is not None:
+        return batch
+
+    def _insert(self, batch: _Batch) -> None:
+        self.recorder.insert(batch.records, batch.snapshots, batch.watermark)
+        if batch.crash and self.crash_point is not None:
             self.crash_point.crash()
 
     def _fail(self, exc: BaseException, entries: list[_Entry]) -> None:
-        self.failure = exc
-        _log.critical("coordinator journal stopped: %r", exc)
+        if self.failure is None:
+            self.failure = exc
+            _log.critical("coordinator journal stopped: %r", exc)
         failed = JournalFailed(f"journal stopped before recording: {exc!r}")
         for entry in [*entries, *self._queue]:
             if not entry.future.done():

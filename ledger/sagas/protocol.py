@@ -42,8 +42,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
-import httpx
 import orjson
+
+from ledger.sagas.http import CallFailed, CallTimeout, Poster
 
 __all__ = [
     "DETAIL_LENGTH_MAX",
@@ -129,7 +130,7 @@ def classify(status_code: int, body: bytes) -> CallOutcome:
 
 
 async def call_participant(
-    client: httpx.AsyncClient,
+    poster: Poster,
     url: str,
     gid: str,
     branch_id: str,
@@ -150,12 +151,12 @@ async def call_participant(
     if body is not None:
         sent["Content-Type"] = "application/json"
     try:
-        response = await client.post(target, content=body, headers=sent, timeout=timeout_s)
-    except httpx.TimeoutException as exc:
-        return CallOutcome(CallResult.TRANSIENT, None, _short(f"timed out: {exc!r}"))
-    except httpx.HTTPError as exc:
-        return CallOutcome(CallResult.TRANSIENT, None, _short(f"no answer: {exc!r}"))
-    return classify(response.status_code, response.content)
+        status, content = await poster.post(target, body, sent, timeout_s)
+    except CallTimeout as exc:
+        return CallOutcome(CallResult.TRANSIENT, None, _short(f"timed out: {exc}"))
+    except CallFailed as exc:
+        return CallOutcome(CallResult.TRANSIENT, None, _short(f"no answer: {exc}"))
+    return classify(status, content)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
-
+from ledger.sagas.http import Poster
 from ledger.sagas.journal import CallFinished, CallStarted, CoordinatorEvent, Journal
 from ledger.sagas.metrics import CoordinatorMetrics
 from ledger.sagas.protocol import Backoff, CallOutcome, CallResult, Op, call_participant
@@ -145,7 +144,7 @@ class Runtime:
     """The drivers' view of the coordinator."""
 
     journal: Journal
-    client: httpx.AsyncClient
+    client: Poster
     clock: Clock
     metrics: CoordinatorMetrics
     config: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -1,0 +1,379 @@
+"""Cross-book TCC transfers/s through the coordinator, and their latency (p50, p99).
+
+Setup, all real processes on this machine: two ``ledger serve`` nodes (books ``A`` and
+``B``, each with its own database and WAL directory) and one ``ledger coordinator`` (its
+own database and WAL), on one PostgreSQL server. A transfer moves 1 minor unit from an
+account in book A to one in book B as a two-branch TCC transaction: in A, ``alice_i →
+settlement_A`` (pending), in B, ``settlement_B → bob_i`` (pending); confirm posts both.
+
+Load: ``--clients`` concurrent closed-loop clients, each posting
+``POST /v1/tcc?wait=true`` (answered when the transaction is final, so the latency is
+the whole try + confirm round) with a fresh gid. After the run the books are checked:
+every committed transfer moved exactly one unit on each side (settlement A's credits =
+settlement B's debits = committed count) and nothing is left pending.
+
+``--participants fake`` replaces both ledger nodes by a minimal participant that answers
+success at once (one raw ASGI process): the coordinator's own ceiling.
+
+Run: ``python -m benchmarks.bench_tcc [--quick] [--participants ledger|fake]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from ledger.adapters.migrate import upgrade
+from ledger.api.auth import KeyStore
+from ledger.devservices import free_port, start_postgres
+from ledger.sagas.http import FastPoster, HttpxPoster
+
+__all__ = ["main"]
+
+ACCOUNTS = 200
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, *args], env={**os.environ, **env}, stdout=out, stderr=out
+        )
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited:\n{log.read_text()[-2000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+@contextlib.contextmanager
+def process(args: list[str], env: dict[str, str], log: Path, port: int) -> Iterator[str]:
+    proc = _start(args, env, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(20)
+
+
+def token_for(db: str, scope: str) -> str:
+    keys = KeyStore(db)
+    try:
+        return keys.create("bench", scope)[1]
+    finally:
+        keys.close()
+
+
+@dataclass
+class Book:
+    """One ledger node and the accounts the benchmark uses in it."""
+
+    url: str
+    token: str
+    settlement: str
+    customers: list[str]
+
+
+def open_book(url: str, token: str, side: str) -> Book:
+    """Accounts: a funding account, a settlement account and ``ACCOUNTS`` customers; in
+    book A the customers are funded (the debit side), in book B settlement is funded."""
+    funding, settlement = str(uuid.uuid4()), str(uuid.uuid4())
+    customers = [str(uuid.uuid4()) for _ in range(ACCOUNTS)]
+    limited = {"debits_must_not_exceed_credits": True}
+    accounts = [{"id": funding, "ledger": "USD", "code": 1}]
+    accounts.append({"id": settlement, "ledger": "USD", "code": 2, "flags": limited})
+    accounts += [{"id": c, "ledger": "USD", "code": 3, "flags": limited} for c in customers]
+    funded = customers if side == "A" else [settlement]
+    transfers = [
+        {
+            "id": str(uuid.uuid4()),
+            "debit_account_id": funding,
+            "credit_account_id": a,
+            "amount_minor": 1_000_000_000,
+            "ledger": "USD",
+            "code": 1,
+        }
+        for a in funded
+    ]
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as c:
+        c.post("/v1/accounts", json={"accounts": accounts}, timeout=60).raise_for_status()
+        c.post("/v1/transfers", json={"transfers": transfers}, timeout=60).raise_for_status()
+    return Book(url, token, settlement, customers)
+
+
+def ledger_branches(a: Book, b: Book, i: int) -> list[dict[str, Any]]:
+    def branch(book: Book, name: str, debit: str, credit: str) -> dict[str, Any]:
+        base = f"{book.url}/v1/tcc/{{gid}}/{{branch_id}}"
+        return {
+            "branch_id": name,
+            "try_url": f"{base}/try",
+            "confirm_url": f"{base}/confirm",
+            "cancel_url": f"{base}/cancel",
+            "payload": {
+                "debit_account_id": debit,
+                "credit_account_id": credit,
+                "amount_minor": 1,
+                "ledger": "USD",
+                "code": 1,
+                "timeout_s": 60,
+            },
+            "headers": {"Authorization": f"Bearer {book.token}"},
+        }
+
+    k = i % ACCOUNTS
+    return [
+        branch(a, "debit", a.customers[k], a.settlement),
+        branch(b, "credit", b.settlement, b.customers[k]),
+    ]
+
+
+def fake_branches(url: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "branch_id": name,
+            "try_url": f"{url}/try",
+            "confirm_url": f"{url}/confirm",
+            "cancel_url": f"{url}/cancel",
+            "payload": {"amount_minor": 1},
+        }
+        for name in ("debit", "credit")
+    ]
+
+
+async def load(
+    coordinator: str,
+    token: str,
+    make_branches: Any,
+    clients: int,
+    seconds: float,
+) -> tuple[int, int, list[float]]:
+    """Closed-loop clients for ``seconds``; (committed, other outcomes, latencies in s).
+    The client is the coordinator's own small HTTP/1.1 client: httpx would be the
+    bottleneck here (it costs more CPU per request than the coordinator does)."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    poster = FastPoster(HttpxPoster(httpx.AsyncClient()), connections_max=clients)
+    url = f"{coordinator}/v1/tcc?wait=true"
+    latencies: list[float] = []
+    outcomes = {"committed": 0, "other": 0}
+    counter = iter(range(1 << 62))
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            i = next(counter)
+            body = orjson.dumps({"gid": uuid.uuid4().hex, "branches": make_branches(i)})
+            t0 = time.perf_counter()
+            status, content = await poster.post(url, body, headers, 120)
+            latencies.append(time.perf_counter() - t0)
+            ok = status == 201 and orjson.loads(content)["status"] == "committed"
+            outcomes["committed" if ok else "other"] += 1
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    finally:
+        await poster.aclose()
+    return outcomes["committed"], outcomes["other"], latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def check_books(a: Book, b: Book, committed: int) -> str:
+    """Settlement A credited and settlement B debited exactly once per committed
+    transfer, nothing pending on either side."""
+    out = []
+    for book, side in ((a, "credits_posted"), (b, "debits_posted")):
+        with httpx.Client(
+            base_url=book.url, headers={"Authorization": f"Bearer {book.token}"}
+        ) as c:
+            bal = c.get(f"/v1/accounts/{book.settlement}/balance").json()
+        out.append(bal[side])
+        if bal["debits_pending"] or bal["credits_pending"]:
+            return f"MISMATCH: pending left on {book.url}: {bal}"
+    if out[0] != out[1]:
+        return f"MISMATCH: book A moved {out[0]}, book B {out[1]}"
+    return f"books agree: {out[0]} units moved on each side (committed in runs: {committed})"
+
+
+def serve_fake(port: int) -> None:
+    """A participant that answers success to everything (raw ASGI, no framework)."""
+    import uvicorn
+
+    body = b'{"result":"success"}'
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = 1 if args.quick else args.runs
+    seconds = 3.0 if args.quick else args.seconds
+    pg = start_postgres("LEDGER_BENCH_DATABASE_URL")
+    from benchmarks.peer_eventsourcing import fresh_database
+
+    try:
+        with ExitStack() as stack:
+            tmp = Path(
+                stack.enter_context(
+                    tempfile.TemporaryDirectory(
+                        dir=os.environ.get("LEDGER_BENCH_DIR", "."), prefix=".bench-tcc-"
+                    )
+                )
+            )
+            coord_db = stack.enter_context(fresh_database(pg.url, prefix="bench_tcc_c"))
+            upgrade(coord_db)
+            common = {"LEDGER_LOG_LEVEL": "WARNING", "LEDGER_LOG_JSON": "true"}
+            port = free_port()
+            coordinator = stack.enter_context(
+                process(
+                    ["-m", "ledger.cli", "coordinator", "--port", str(port)],
+                    {
+                        **common,
+                        "LEDGER_DATABASE_URL": coord_db,
+                        "LEDGER_WAL_DIR": str(tmp / "wal"),
+                        "LEDGER_COORDINATOR_CONNECTIONS_MAX": str(max(8, args.clients * 2)),
+                    },
+                    tmp / "coordinator.log",
+                    port,
+                )
+            )
+            token = token_for(coord_db, "write")
+            books: tuple[Book, Book] | None = None
+            if args.participants == "fake":
+                fport = free_port()
+                fake = stack.enter_context(
+                    process(
+                        ["-m", "benchmarks.bench_tcc", "--serve-fake", str(fport)],
+                        {},
+                        tmp / "fake.log",
+                        fport,
+                    )
+                )
+
+                def make(i: int) -> list[dict[str, Any]]:
+                    return fake_branches(fake)
+            else:
+                opened = []
+                for side in ("A", "B"):
+                    db = stack.enter_context(fresh_database(pg.url, prefix=f"bench_tcc_{side}"))
+                    upgrade(db)
+                    lport = free_port()
+                    url = stack.enter_context(
+                        process(
+                            ["-m", "ledger.cli", "serve", "--port", str(lport)],
+                            {
+                                **common,
+                                "LEDGER_DATABASE_URL": db,
+                                "LEDGER_WAL_DIR": str(tmp / f"wal-{side}"),
+                                "LEDGER_BOOK_ID": side,
+                            },
+                            tmp / f"ledger-{side}.log",
+                            lport,
+                        )
+                    )
+                    opened.append(open_book(url, token_for(db, "write"), side))
+                books = (opened[0], opened[1])
+                a, b = books
+                probe = httpx.post(f"{a.url}/v1/tcc/probe/b/cancel", timeout=10)
+                if probe.status_code == 404:
+                    print(
+                        "the ledger has no /v1/tcc participant endpoints yet: use "
+                        "--participants fake",
+                        flush=True,
+                    )
+                    return 2
+
+                def make(i: int) -> list[dict[str, Any]]:
+                    return ledger_branches(a, b, i)
+
+            asyncio.run(load(coordinator, token, make, args.clients, 1.0))  # warm-up
+            figures = []
+            total = 0
+            for _ in range(runs):
+                done, other, lat = asyncio.run(
+                    load(coordinator, token, make, args.clients, seconds)
+                )
+                total += done
+                figures.append((done / seconds, percentile(lat, 0.5), percentile(lat, 0.99)))
+                print(
+                    f"  run: {done / seconds:,.0f} committed/s ({other} not committed), "
+                    f"p50 {percentile(lat, 0.5) * 1000:.1f} ms, "
+                    f"p99 {percentile(lat, 0.99) * 1000:.1f} ms",
+                    flush=True,
+                )
+            rate = statistics.median(f[0] for f in figures)
+            p50 = statistics.median(f[1] for f in figures) * 1000
+            p99 = statistics.median(f[2] for f in figures) * 1000
+            print(
+                f"cross-book TCC ({args.participants} participants, {args.clients} clients, "
+                f"median of {runs}): {rate:,.0f} transfers/s, p50 {p50:.1f} ms, "
+                f"p99 {p99:.1f} ms",
+                flush=True,
+            )
+            if books is not None:
+                print("  " + check_books(books[0], books[1], total), flush=True)
+    finally:
+        pg.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_tcc", description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--participants", choices=["ledger", "fake"], default="ledger")
+    parser.add_argument("--serve-fake", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_fake is not None:
+        serve_fake(args.serve_fake)
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,208 @@
+"""How the coordinator sends its POSTs: a small keep-alive HTTP/1.1 client, or httpx.
+
+Why a client of our own: every TCC transaction costs four participant calls, and httpx
+(with httpcore's connection pool) spends about a millisecond of CPU per request on this
+kind of machine, which alone would cap the coordinator near 200 transactions/s. The
+coordinator's calls are all alike (``POST``, small JSON body, plain ``http://`` on a
+private network, one response with ``Content-Length`` or chunked), so :class:`FastPoster`
+does only that, with ``httptools`` (the C parser of ``uvicorn[standard]``) for responses,
+and sends everything else (``https://``) through httpx.
+
+Failure semantics are the same for both: :class:`CallTimeout` when no whole answer came
+within the timeout, :class:`CallFailed` when there was no answer (refused, reset, closed,
+malformed), so the protocol layer can classify both as transient. A connection is reused
+only after a complete response that allows keep-alive; any error, timeout or cancellation
+closes it, so a late answer can never be read as the answer to a later request. A request
+is never resent by this layer: the coordinator's retry (a new, recorded attempt) does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Protocol, cast
+from urllib.parse import urlsplit
+
+import httptools
+import httpx
+
+__all__ = ["CallFailed", "CallTimeout", "FastPoster", "HttpxPoster", "Poster"]
+
+
+class CallFailed(Exception):
+    """No usable answer: connection refused, reset or closed, or a malformed response."""
+
+
+class CallTimeout(CallFailed):
+    """No complete answer within the timeout."""
+
+
+class Poster(Protocol):
+    """Sends one POST and returns (status code, body)."""
+
+    async def post(
+        self, url: str, body: bytes | None, headers: Mapping[str, str], timeout_s: float
+    ) -> tuple[int, bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxPoster:
+    """:class:`Poster` over an ``httpx.AsyncClient`` (any scheme; tests pass a transport)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def post(
+        self, url: str, body: bytes | None, headers: Mapping[str, str], timeout_s: float
+    ) -> tuple[int, bytes]:
+        try:
+            r = await self.client.post(url, content=body, headers=dict(headers), timeout=timeout_s)
+        except httpx.TimeoutException as exc:
+            raise CallTimeout(f"timed out: {exc!r}") from exc
+        except httpx.HTTPError as exc:
+            raise CallFailed(f"no answer: {exc!r}") from exc
+        return r.status_code, r.content
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: at most one request in flight."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.body: list[bytes] = []
+        self.open = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None or self.parser is None:
+            self.close()  # bytes nobody asked for (e.g. a 408 on an idle connection)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(CallFailed(f"malformed response: {exc}"))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        if not self.parser.should_keep_alive():
+            self.open = False
+        waiter, body = self.waiter, b"".join(self.body)
+        self.waiter, self.body = None, []
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, body))
+        if not self.open:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self._fail(CallFailed(f"connection closed before the answer ({exc!r})"))
+
+    def _fail(self, exc: CallFailed) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.close()
+
+    def close(self) -> None:
+        self.open = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def send(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        assert self.transport is not None and self.waiter is None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return self.waiter
+
+
+def _clean(text: str) -> str:
+    if "\r" in text or "\n" in text:
+        raise ValueError(f"header contains a line break: {text!r}")
+    return text
+
+
+class FastPoster:
+    """Keep-alive HTTP/1.1 POSTs for ``http://`` URLs (see the module docstring), at most
+    ``connections_max`` connections per host:port; other URLs go to ``fallback``."""
+
+    def __init__(self, fallback: Poster, connections_max: int = 256) -> None:
+        self.fallback = fallback
+        self.connections_max = connections_max
+        self._idle: dict[tuple[str, int], list[_Connection]] = defaultdict(list)
+        self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self._all: set[_Connection] = set()
+
+    async def post(
+        self, url: str, body: bytes | None, headers: Mapping[str, str], timeout_s: float
+    ) -> tuple[int, bytes]:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            return await self.fallback.post(url, body, headers, timeout_s)
+        host, port = parts.hostname, parts.port or 80
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        head = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}"]
+        head += [f"{_clean(k)}: {_clean(v)}" for k, v in headers.items()]
+        head.append(f"Content-Length: {len(body) if body else 0}")
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        key = (host, port)
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = asyncio.Semaphore(self.connections_max)
+        async with slots:
+            try:
+                return await asyncio.wait_for(self._exchange(key, request), timeout_s)
+            except TimeoutError as exc:
+                raise CallTimeout(f"no answer within {timeout_s} s") from exc
+
+    async def _exchange(self, key: tuple[str, int], request: bytes) -> tuple[int, bytes]:
+        idle = self._idle[key]
+        conn = None
+        while idle:
+            candidate = idle.pop()
+            if candidate.open:
+                conn = candidate
+                break
+        if conn is None:
+            try:
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    _Connection, key[0], key[1]
+                )
+            except OSError as exc:
+                raise CallFailed(f"cannot connect to {key[0]}:{key[1]}: {exc}") from exc
+            self._all.add(conn)
+        try:
+            result = await conn.send(request)
+        except BaseException:
+            conn.close()
+            self._all.discard(conn)
+            raise
+        if conn.open:
+            idle.append(conn)
+        else:
+            self._all.discard(conn)
+        return result
+
+    async def aclose(self) -> None:
+        for conn in list(self._all):
+            conn.close()
+        self._all.clear()
+        self._idle.clear()
+        with contextlib.suppress(Exception):
+            await self.fallback.aclose()
