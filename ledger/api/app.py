@@ -327,25 +327,39 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, handle_http)
     app.add_middleware(EdgeMiddleware, limit_bytes=ctx.body_size_max_bytes, metrics=ctx.metrics)
 
-    def node() -> LedgerNode:
-        if ctx.node is None or not ctx.node.ready:
-            detail = "ledger node is not ready"
-            if ctx.node is not None and ctx.node.failure is not None:
-                detail = f"ledger node stopped: {ctx.node.failure!r}"
-            raise ApiProblem(503, "unavailable", detail, headers={"Retry-After": "1"})
-        return ctx.node
+    handlers = _Handlers(ctx)
+    _command_routes(app, handlers)
+    _read_routes(app, handlers)
+    _operation_routes(app, handlers)
+    register_tcc_routes(app, handlers.submit, handlers.require("write"))
+    return app
 
-    def read_models() -> Any:
-        if ctx.read_models is None:
+
+class _Handlers:
+    """What the routes share: the node, read models, auth, submission, idempotency."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def node(self) -> LedgerNode:
+        if self.ctx.node is None or not self.ctx.node.ready:
+            detail = "ledger node is not ready"
+            if self.ctx.node is not None and self.ctx.node.failure is not None:
+                detail = f"ledger node stopped: {self.ctx.node.failure!r}"
+            raise ApiProblem(503, "unavailable", detail, headers={"Retry-After": "1"})
+        return self.ctx.node
+
+    def read_models(self) -> Any:
+        if self.ctx.read_models is None:
             raise ApiProblem(
                 501,
                 "read_model_not_available",
                 "balances as of a time and entries are served by the projections "
                 "(ledger relay + ledger project); they are not enabled on this server",
             )
-        return ctx.read_models
+        return self.ctx.read_models
 
-    def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
+    def require(self, scope: str) -> Callable[..., Awaitable[ApiKey]]:
         async def check(
             authorization: Annotated[str | None, Header()] = None,
         ) -> ApiKey:
@@ -357,9 +371,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
                     headers={"WWW-Authenticate": "Bearer"},
                 )
             token = authorization[7:].strip()
-            known, key = ctx.keys.cached(token)
+            known, key = self.ctx.keys.cached(token)
             if not known:
-                key = await asyncio.to_thread(ctx.keys.verify, token)
+                key = await asyncio.to_thread(self.ctx.keys.verify, token)
             if key is None:
                 raise ApiProblem(
                     401,
@@ -377,9 +391,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
         return check
 
-    async def submit(commands: list[domain.Command]) -> list[domain.CommandOutcome]:
+    async def submit(self, commands: list[domain.Command]) -> list[domain.CommandOutcome]:
         try:
-            outcomes = await node().submit(commands)
+            outcomes = await self.node().submit(commands)
         except Overloaded as exc:
             raise ApiProblem(
                 503, "overloaded", str(exc), headers={"Retry-After": str(int(exc.retry_after_s))}
@@ -389,10 +403,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
         except NodeStopped as exc:
             raise ApiProblem(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
         for o in outcomes:
-            ctx.metrics.outcomes.labels(o.status, str(o.code or "")).inc()
+            self.ctx.metrics.outcomes.labels(o.status, str(o.code or "")).inc()
         return outcomes
 
     async def idempotent(
+        self,
         request: Request,
         key: str | None,
         run: Callable[[], Awaitable[tuple[int, Any]]],
@@ -405,7 +420,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 422, "invalid_idempotency_key", f"Idempotency-Key must be 1..{KEY_LENGTH_MAX} chars"
             )
         digest = body_digest(request.method, request.url.path, await request.body())
-        stored = await asyncio.to_thread(ctx.idempotency.get, key)
+        stored = await asyncio.to_thread(self.ctx.idempotency.get, key)
         if stored is not None:
             if stored.digest != digest:
                 raise ApiProblem(
@@ -417,9 +432,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
             response.headers["idempotent-replayed"] = "true"
             return response
         status, body = await run()
-        await asyncio.to_thread(ctx.idempotency.put, key, digest, status, body)
+        await asyncio.to_thread(self.ctx.idempotency.put, key, digest, status, body)
         return JsonResponse(body, status_code=status)
 
+    @staticmethod
     def results(ids: list[UUID | None], outcomes: list[domain.CommandOutcome]) -> dict[str, Any]:
         out = []
         for i, (item_id, o) in enumerate(zip(ids, outcomes, strict=True)):
@@ -433,6 +449,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 r["detail"] = o.detail
             out.append(r)
         return {"results": out}
+
+
+def _command_routes(app: FastAPI, h: _Handlers) -> None:
+    """POST endpoints: batches of accounts and transfers, post/void of holds."""
+    require, submit, idempotent, results = h.require, h.submit, h.idempotent, h.results
 
     @app.post(
         "/v1/accounts",
@@ -515,6 +536,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
         return await idempotent(request, idempotency_key, run)
 
+
+def _read_routes(app: FastAPI, h: _Handlers) -> None:
+    """GET endpoints for accounts, balances, entries and transfers."""
+    node, read_models, require = h.node, h.read_models, h.require
+
     @app.get(
         "/v1/accounts/{account_id}",
         response_model=AccountView,
@@ -584,13 +610,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise ApiProblem(404, "transfer_not_found", f"no transfer {transfer_id}")
         return transfer_view(transfer)
 
+
+def _operation_routes(app: FastAPI, h: _Handlers) -> None:
+    """Health, readiness and Prometheus metrics (no key needed)."""
+
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         return Health(status="ok")
 
     @app.get("/ready", response_model=Health, responses={503: {"model": Health}})
     async def ready() -> Response:
-        n = ctx.node
+        n = h.ctx.node
         if n is None or not n.ready:
             detail = "starting" if n is None else f"not ready: {n.failure or 'closing'}"
             return JsonResponse(
@@ -609,13 +639,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
-        if ctx.node is not None:
-            ctx.metrics.queue_depth.set(ctx.node.queue_depth)
-            ctx.metrics.position.set(ctx.node.position)
-        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    register_tcc_routes(app, submit, require("write"))
-    return app
+        if h.ctx.node is not None:
+            h.ctx.metrics.queue_depth.set(h.ctx.node.queue_depth)
+            h.ctx.metrics.position.set(h.ctx.node.position)
+        return Response(generate_latest(h.ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _wire_node_metrics(ctx: ApiContext) -> None:
