@@ -379,7 +379,7 @@ class Journal:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Entry(stream, events, future))
         self._wake.set()
-        await asyncio.shield(future)
+        await future  # cancelling the caller does not unqueue the events
 
     async def _commit_loop(self) -> None:
         """The WAL stage: chain and append each batch (one fdatasync), then hand it to the
