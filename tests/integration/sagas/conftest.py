@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -229,6 +230,7 @@ class Gated:
         self.holds: dict[str, threading.Event] = {}
         self.paths: list[str] = []
         self.lose_answers: dict[str, int] = {}
+        self.failing: dict[str, int] = {}
         self.answers: list[tuple[str, int]] = []
 
     def hold(self, path_suffix: str) -> threading.Event:
@@ -244,6 +246,10 @@ class Gated:
     def lose_answer(self, path_suffix: str, times: int = 1) -> None:
         self.lose_answers[path_suffix] = times
 
+    def fail(self, path_suffix: str, times: int = 1) -> None:
+        """Answer 503 without processing (the service is failing)."""
+        self.failing[path_suffix] = times
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -251,6 +257,12 @@ class Gated:
         path = scope["path"]
         suffix = next((s for s in (*self.holds, *self.lose_answers) if path.endswith(s)), "")
         self.paths.append(path)
+        failing = next((s for s, n in self.failing.items() if n > 0 and path.endswith(s)), None)
+        if failing is not None:
+            self.failing[failing] -= 1
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b"failing"})
+            return
         body = b""
         while True:
             message = await receive()
@@ -322,3 +334,89 @@ def inventory(pg_server: Any) -> Iterator[Inventory]:
                 gate.set()
     finally:
         drop_database(pg_server, name)
+
+
+@dataclass
+class LedgerNode:
+    """A ``ledger serve`` app (uvicorn in a thread) on its own database, WAL and book."""
+
+    base_url: str
+    book_id: str
+    token: str
+    database_url: str
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
+        )
+
+    def open_account(self, *, limited: bool = True, code: int = 1) -> str:
+        account = str(uuid.uuid4())
+        flags = {"debits_must_not_exceed_credits": limited}
+        body = {"accounts": [{"id": account, "ledger": "USD", "code": code, "flags": flags}]}
+        with self.client() as c:
+            r = c.post("/v1/accounts", json=body)
+            assert r.json()["results"][0]["status"] == "created", r.text
+        return account
+
+    def move(self, debit: str, credit: str, amount_minor: int) -> None:
+        transfer = {
+            "id": str(uuid.uuid4()),
+            "debit_account_id": debit,
+            "credit_account_id": credit,
+            "amount_minor": amount_minor,
+            "ledger": "USD",
+            "code": 1,
+        }
+        with self.client() as c:
+            r = c.post("/v1/transfers", json={"transfers": [transfer]})
+            assert r.json()["results"][0]["status"] == "created", r.text
+
+    def balances(self, account: str) -> dict[str, int]:
+        with self.client() as c:
+            body: dict[str, int] = c.get(f"/v1/accounts/{account}/balance").json()
+            return body
+
+    def branch_urls(self, op: str) -> str:
+        return f"{self.base_url}/v1/tcc/{{gid}}/{{branch_id}}/{op}"
+
+
+@contextmanager
+def start_ledger(
+    pg_server: Any, template: str, wal_root: Path, book_id: str
+) -> Iterator[LedgerNode]:
+    from ledger.api.app import ApiContext
+    from ledger.api.app import create_app as create_ledger_app
+    from ledger.api.idempotency import IdempotencyStore
+    from ledger.bootstrap import open_node
+    from ledger.config import load_settings
+    from tests.conftest import _with_database, create_database, drop_database
+
+    name = create_database(pg_server, template)
+    url = _with_database(pg_server.url, name)
+    settings = load_settings(wal_dir=wal_root, book_id=book_id, pending_expiry_interval_ms=100)
+    token = create_keys(url)["write"]
+    keys = KeyStore(url, cache_ttl_s=60)
+    ctx = ApiContext(
+        open_node=lambda: open_node(settings, url),
+        keys=keys,
+        idempotency=IdempotencyStore(url, book_id),
+    )
+    try:
+        with serve_asgi(create_ledger_app(ctx)) as base:
+            yield LedgerNode(base, book_id, token, url)
+    finally:
+        keys.close()
+        ctx.idempotency.close()
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+def two_ledgers(
+    pg_server: Any, template_database: str, tmp_path: Path
+) -> Iterator[tuple[LedgerNode, LedgerNode]]:
+    with (
+        start_ledger(pg_server, template_database, tmp_path / "wal-a", "A") as a,
+        start_ledger(pg_server, template_database, tmp_path / "wal-b", "B") as b,
+    ):
+        yield a, b
