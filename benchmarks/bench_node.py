@@ -193,6 +193,32 @@ def print_row(r: NodeResult) -> None:
     )
 
 
+@dataclass
+class StageTimes:
+    """Seconds spent per pipeline stage (they overlap: each runs on its own thread)."""
+
+    wal_s: float = 0.0
+    store_s: float = 0.0
+
+    def wal(self, seconds: float) -> None:
+        self.wal_s += seconds
+
+    def store(self, seconds: float) -> None:
+        self.store_s += seconds
+
+
+def print_stages(node: LedgerNode, stages: StageTimes) -> None:
+    m = node.metrics
+    per = 1e6 / max(1, m.commands)
+    print(
+        f"  where the time goes, per command over {m.commands:,} commands in {m.batches:,} "
+        f"batches: load {m.load_s * per:.1f} µs, decide+chain {m.decide_s * per:.1f} µs "
+        f"(decider thread); WAL append+fdatasync {stages.wal_s * per:.1f} µs; PostgreSQL "
+        f"{stages.store_s * per:.1f} µs (their own threads, overlapping)",
+        flush=True,
+    )
+
+
 async def bench_ledger(
     url: str, root: Path, account_counts: list[int], transfers: dict[int, int], runs: int
 ) -> list[NodeResult]:
@@ -206,6 +232,9 @@ async def bench_ledger(
         wal_dir = root / book
         ids = await seed_accounts(url, wal_dir, book, count)
         node = await open_node(url, wal_dir, book)  # cold: records load lazily
+        stages = StageTimes()
+        node.recorder.observe_wal_s = stages.wal
+        node.recorder.observe_store_s = stages.store
         try:
             for distribution in ("uniform", "zipf"):
                 for batch in (1, 10, 100, 1000):
@@ -214,6 +243,7 @@ async def bench_ledger(
                     )
                     print_row(r)
                     results.append(r)
+            print_stages(node, stages)
         finally:
             await node.close()
     return results

@@ -85,6 +85,8 @@ class NodeMetrics:
     batches: int = 0
     commands: int = 0
     events: int = 0
+    load_s: float = 0.0
+    decide_s: float = 0.0
     observe_batch_size: Callable[[int], None] | None = None
 
 
@@ -376,10 +378,14 @@ class LedgerNode:
     def _decide(self, batch: list[_Request]) -> _Job:
         commands = [c for r in batch for c in r.commands]
         with self._state_lock:
+            t0 = time.perf_counter()
             self.cache.ensure_loaded(commands)
+            t1 = time.perf_counter()
             now_us = self._now_us()
             flat = domain.decide_batch(self.state, commands, now_us)
             records = self._to_records(flat, now_us)
+            self.metrics.load_s += t1 - t0
+            self.metrics.decide_s += time.perf_counter() - t1
         job = _Job(records, [], None, batch)
         i = 0
         for r in batch:
