@@ -344,6 +344,7 @@ class LedgerNode:
     book_id: str
     token: str
     database_url: str
+    gated: Gated
 
     def client(self) -> httpx.Client:
         return httpx.Client(
@@ -402,9 +403,12 @@ def start_ledger(
         keys=keys,
         idempotency=IdempotencyStore(url, book_id),
     )
+    gated = Gated(create_ledger_app(ctx))
     try:
-        with serve_asgi(create_ledger_app(ctx)) as base:
-            yield LedgerNode(base, book_id, token, url)
+        with serve_asgi(gated) as base:
+            yield LedgerNode(base, book_id, token, url, gated)
+            for gate in gated.holds.values():
+                gate.set()
     finally:
         keys.close()
         ctx.idempotency.close()
@@ -420,3 +424,11 @@ def two_ledgers(
         start_ledger(pg_server, template_database, tmp_path / "wal-b", "B") as b,
     ):
         yield a, b
+
+
+@pytest.fixture(autouse=True)
+def _skip_slow_cases(request: pytest.FixtureRequest) -> None:
+    """Cases marked ``slow`` run only with ``--slow``; skipped before any other fixture
+    of theirs is set up (databases, servers), so a skipped case costs nothing."""
+    if request.node.get_closest_marker("slow") and not request.config.getoption("--slow"):
+        pytest.skip("long matrix case: run with --slow")

@@ -174,13 +174,19 @@ def applies(point: str, outcome: str) -> bool:
     )
 
 
+def case(kind: str, outcome: str, point: str) -> Any:
+    name = f"{kind}-{outcome}-{point}"
+    marks = () if name in DEFAULT else (pytest.mark.slow,)
+    return pytest.param(kind, outcome, point, id=name, marks=marks)
+
+
 CASES = [
-    pytest.param("tcc", outcome, point, id=f"tcc-{outcome}-{point}")
+    case("tcc", outcome, point)
     for outcome in ("committed", "cancelled")
     for point in TCC_POINTS
     if applies(point, outcome)
 ] + [
-    pytest.param("saga", outcome, point, id=f"saga-{outcome}-{point}")
+    case("saga", outcome, point)
     for outcome in ("committed", "compensated")
     for point in SAGA_POINTS
     if not (outcome == "committed" and ("compensate" in point or "Decided" in point))
@@ -192,7 +198,6 @@ def test_crash_point_matrix(
     coordinator: CoordinatorProcess,
     inventory: Inventory,
     participant: FakeParticipant,
-    slow: bool,
     kind: str,
     outcome: str,
     point: str,
@@ -200,8 +205,6 @@ def test_crash_point_matrix(
     """Crash right after ``point`` is durable, restart, and check the invariants. Every
     first answer is lost once (a 500 after the work was done), so retries and their
     boundaries are part of the run."""
-    if not slow and f"{kind}-{outcome}-{point}" not in DEFAULT:
-        pytest.skip("full matrix with --slow")
     stocked(inventory)
     for op in ("try", "confirm", "cancel"):
         inventory.gated.lose_answer(f"{RESERVE}/{op}")
