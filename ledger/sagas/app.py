@@ -347,8 +347,9 @@ class FastStart:
     middleware) costs about as much CPU as running the transaction itself. A request
     whose key is in the verification cache with write scope, whose query string is
     plain and whose body validates is answered here by the same ``started`` function
-    the routes use; anything else (no or unknown key, bad input, large body) is handed
-    on to FastAPI with its body replayed, so every error keeps its problem document.
+    the routes use; anything else (no or unknown key, bad input) is handed on to
+    FastAPI with its body replayed, so every error keeps its problem document. Bodies
+    over ``FAST_BODY_BYTES_MAX`` are refused (413) before they are read further.
     """
 
     def __init__(
@@ -367,6 +368,12 @@ class FastStart:
             await self.app(scope, receive, send)
             return
         body, more = await _read_body(receive, FAST_BODY_BYTES_MAX)
+        if more:
+            detail = f"request body exceeds {FAST_BODY_BYTES_MAX} bytes"
+            await problem_response(ApiProblem(413, "request_too_large", detail))(
+                scope, receive, send
+            )
+            return
         spec: TccSpec | SagaSpec | None = None
         params = _plain_query(scope.get("query_string", b""))
         if not more and params is not None and self._authorized(scope):

@@ -132,3 +132,9 @@ def httpx_client(live: LiveCoordinator) -> Any:
     import httpx
 
     return httpx.Client(base_url=live.base_url, timeout=10)
+
+
+def test_a_body_over_the_limit_is_refused(live: LiveCoordinator) -> None:
+    with live.client("write") as c:
+        r = c.post("/v1/tcc", content=b"{" + b" " * (2 << 20) + b"}")
+    assert r.status_code == 413 and r.json()["code"] == "request_too_large"
