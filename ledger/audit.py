@@ -125,6 +125,7 @@ class _Books:
         self.accounts: dict[str, list[Any]] = {}
         # transfer id -> [status, amount, amount posted, debit id, credit id, kind, ledger]
         self.transfers: dict[str, list[Any]] = {}
+        self.forbidden: set[str] = set()  # ids spent by a TCC cancel before their try
 
     def apply(self, position: int, env: dict[str, Any]) -> None:
         t = env["type"]
@@ -139,6 +140,13 @@ class _Books:
             account = self.accounts[d["account_id"]]
             self._check(position, env, d["account_id"], account, d["account_after"])
             account[5] = True
+        elif t == "PendingTransferForbidden":
+            # A TCC cancel that arrived before its try: no money moved; the id is spent.
+            if d["pending_id"] in self.transfers:
+                raise self._finding(
+                    position, env, f"{d['pending_id']} forbidden after it was created"
+                )
+            self.forbidden.add(d["pending_id"])
         else:
             raise self._finding(position, env, f"unknown event type {t!r}")
 
@@ -147,6 +155,10 @@ class _Books:
         amount = d["amount_minor"]
         debit_id, credit_id = d["debit_account_id"], d["credit_account_id"]
         debit, credit = accounts[debit_id], accounts[credit_id]
+        if t == "TransferCreated" and d["transfer_id"] in self.forbidden:
+            raise Finding(
+                f"position {position}", f"transfer {d['transfer_id']} was forbidden by a cancel"
+            )
         if t == "TransferCreated":
             pending = d["flags"]["pending"]
             if pending:

@@ -37,8 +37,23 @@ from ledger.devservices import KafkaService, PostgresService, free_port, start_k
 __all__ = ["DemoFailed", "run_demo"]
 
 BOOK = "demo"
+BOOK_B = "demo-b"
 BURST_TRANSFERS = 100_000
 BURST_BATCH = 1000
+
+
+def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise DemoFailed(f"a process exited before {url} was ready (see the demo logs)")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise DemoFailed(f"{url} not ready within {timeout_s:.0f} s")
 
 
 class DemoFailed(AssertionError):
@@ -62,6 +77,8 @@ class Demo:
     port: int = 0
     server: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    port_b: int = 0
+    port_coordinator: int = 0
     results: list[tuple[str, str, float]] = field(default_factory=list)
     accounts: dict[str, UUID] = field(default_factory=dict)
 
@@ -94,11 +111,34 @@ class Demo:
             "LEDGER_PENDING_EXPIRY_INTERVAL_MS": "100",
         }
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its copy
             return subprocess.Popen(
-                [sys.executable, "-m", "ledger.cli", *args], env=self.env(), stdout=log, stderr=log
+                [sys.executable, "-m", "ledger.cli", *args],
+                env={**self.env(), **(env or {})},
+                stdout=log,
+                stderr=log,
             )
+
+    def start_second_book_and_coordinator(self) -> None:
+        """Book B on its own ledger node (same database, own WAL), and the coordinator."""
+        self.port_b, self.port_coordinator = free_port(), free_port()
+        self.workers.append(
+            self.spawn(
+                "serve-b", "serve", "--port", str(self.port_b), env={"LEDGER_BOOK_ID": BOOK_B}
+            )
+        )
+        self.workers.append(
+            self.spawn("coordinator", "coordinator", "--port", str(self.port_coordinator))
+        )
+        for port in (self.port_b, self.port_coordinator):
+            wait_ready(f"http://127.0.0.1:{port}/ready", self.workers)
+
+    @property
+    def base_url_b(self) -> str:
+        return f"http://127.0.0.1:{self.port_b}"
 
     def start_workers(self) -> None:
         self.workers.append(self.spawn("relay", "relay"))
@@ -233,6 +273,70 @@ def linked_chain(d: Demo) -> str:
     )
 
 
+def tcc_branch(
+    branch_id: str, side: tuple[str, UUID, UUID], amount: int, token: str
+) -> dict[str, Any]:
+    """A TCC branch on a ledger node: a hold debit → credit placed by try (the ledger's
+    participant URLs; see examples/cross_book.py for the worked example in the tests)."""
+    base_url, debit, credit = side
+    url = f"{base_url}/v1/tcc/{{gid}}/{{branch_id}}"
+    return {
+        "branch_id": branch_id,
+        "try_url": f"{url}/try",
+        "confirm_url": f"{url}/confirm",
+        "cancel_url": f"{url}/cancel",
+        "payload": {
+            "debit_account_id": str(debit),
+            "credit_account_id": str(credit),
+            "amount_minor": amount,
+            "ledger": "USD",
+            "timeout_s": 300,
+        },
+        "headers": {"Authorization": f"Bearer {token}"},
+    }
+
+
+def cross_book_tcc(d: Demo) -> str:
+    d.start_second_book_and_coordinator()
+    a = d.accounts
+    with d.client() as c, LedgerClient(d.base_url_b, d.token) as cb:
+        settlement_a = c.open_account("USD").id
+        settlement_b = cb.open_account("USD").id
+        carol_b = cb.open_account("USD", debits_must_not_exceed_credits=True).id
+        assert settlement_a and settlement_b and carol_b
+        d.accounts["settlement_usd"] = settlement_a
+        before = c.get_account(a["alice_usd"]).balances.available
+        source = (d.base_url, a["alice_usd"], settlement_a)
+        target = (d.base_url_b, settlement_b, carol_b)
+        outcomes = []
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{d.port_coordinator}",
+            headers={"Authorization": f"Bearer {d.token}"},
+            timeout=60,
+        ) as coordinator:
+            for amount in (12_00, 1_000_000_00):  # the second exceeds alice's funds
+                body = {
+                    "gid": f"demo-{uuid.uuid4().hex[:8]}",
+                    "timeout_s": 30,
+                    "branches": [
+                        tcc_branch("debit", source, amount, d.token),
+                        tcc_branch("credit", target, amount, d.token),
+                    ],
+                }
+                r = coordinator.post("/v1/tcc", json=body, params={"wait": "true"})
+                check(r.status_code in (200, 201), f"coordinator answered {r.status_code}")
+                outcomes.append(r.json()["status"])
+        alice = c.get_account(a["alice_usd"]).balances
+        carol = cb.get_account(carol_b).balances
+    check(outcomes == ["committed", "cancelled"], f"TCC outcomes {outcomes}")
+    check(alice.available == before - 12_00 and alice.debits_pending == 0, "book A side")
+    check(carol.credits_posted == 12_00 and carol.credits_pending == 0, "book B side")
+    return (
+        "12.00 USD from alice (book demo) to carol (book demo-b) through settlement accounts: "
+        "committed; a 1 000 000.00 transfer failed its try and was cancelled on both books"
+    )
+
+
 def burst(d: Demo) -> str:
     a = d.accounts
     payers = [a["bank_usd"], a["fx_usd"]]
@@ -330,7 +434,11 @@ def projections_caught_up(d: Demo) -> str:
     deadline = time.monotonic() + 90
     while True:
         rows = [r for r in collect(d.pg.url) if r.book_id == BOOK]
-        lagging = [r for r in rows if r.lag_events > 0 or r.position == 0]
+        lagging = [
+            f"{r.kind} {r.name} at {r.position}/{r.head}"
+            for r in rows
+            if r.lag_events > 0 or r.position == 0
+        ]
         if rows and not lagging:
             break
         check(time.monotonic() < deadline, f"projections still behind: {lagging}")
@@ -407,6 +515,8 @@ STEPS: list[tuple[str, str, Callable[[Demo], str]]] = [
      pending_transfers),
     ("Linked chain", "Linked transfers succeed or fail together: a currency exchange is two.",
      linked_chain),
+    ("Cross-book TCC", "A coordinator moves money between two books on two ledger nodes.",
+     cross_book_tcc),
     ("Burst", "100 000 transfers through the HTTP API, batched by the node (WAL + PostgreSQL).",
      burst),
     ("Crash and recovery", "SIGKILL the node; at restart the WAL and PostgreSQL are reconciled.",
@@ -457,6 +567,10 @@ def run_demo(keep: bool = False) -> int:
             )
     except DemoFailed as exc:
         console.print(f"[red]✗ demo check failed: {exc}")
+        keep_logs = Path(tempfile.mkdtemp(prefix="eventledger-demo-logs-"))
+        for log in workdir.glob("*.log"):
+            shutil.copy(log, keep_logs)
+        console.print(f"process logs kept in {keep_logs}")
         return 1
     finally:
         d.stop_workers()

@@ -31,6 +31,7 @@ from psycopg.types.json import set_json_loads
 
 from ledger.application.records import EventRecord
 from ledger.devservices import normalise_pg_url
+from ledger.domain.events import EVENT_TYPES
 from projections.base import Projection, ProjectionInvariantViolated, TableNames
 
 __all__ = [
@@ -217,7 +218,12 @@ class _Applier:
 
     def flush(self) -> None:
         if self.pending:
-            self.projection.apply(self.conn, self.book_id, self.pending, self.names)
+            # Books also hold events that are not the ledger's (the coordinator journals
+            # its transactions in its own book): they advance the checkpoint and change no
+            # read model.
+            ledger_records = [r for r in self.pending if r.type in EVENT_TYPES]
+            if ledger_records:
+                self.projection.apply(self.conn, self.book_id, ledger_records, self.names)
             self.applied += len(self.pending)
             self.pending = []
 
