@@ -25,7 +25,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    config.slow = bool(config.getoption("--slow"))  # type: ignore[attr-defined]
+    """Cases marked ``slow`` (the long crash matrices) run only with ``--slow``; without it
+    they are deselected, not skipped, so the normal run reports no skips."""
+    if config.getoption("--slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture(scope="session")
