@@ -13,6 +13,8 @@ exactly once when committed and not at all otherwise, and nothing is left reserv
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -265,6 +267,9 @@ def crashed_or_finished(coordinator: CoordinatorProcess, gid: str, timeout_s: fl
         except Exception:
             pass
         time.sleep(0.02)
+    # A point right after the last event kills it just after that event became readable.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        coordinator.proc.wait(2)
     crashed = coordinator.proc.poll() is not None
     coordinator.kill()
     return crashed
