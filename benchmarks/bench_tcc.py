@@ -68,10 +68,45 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"{url} did not become ready")
 
 
+CHILDREN: dict[str, int] = {}
+"""name -> pid of every process started, for the CPU report."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
+                    total += cpu_seconds(int(entry.name))
+    return total
+
+
+def cpu_snapshot() -> dict[str, float]:
+    snap = {name: cpu_seconds(pid) for name, pid in CHILDREN.items()}
+    snap["postgres (all)"] = postgres_cpu_seconds()
+    own = os.times()
+    snap["load generator"] = own.user + own.system
+    return snap
+
+
 @contextlib.contextmanager
-def process(args: list[str], env: dict[str, str], log: Path, port: int) -> Iterator[str]:
+def process(
+    args: list[str], env: dict[str, str], log: Path, port: int, name: str = ""
+) -> Iterator[str]:
     proc = _start(args, env, log)
     url = f"http://127.0.0.1:{port}"
+    if name:
+        CHILDREN[name] = proc.pid
     try:
         _wait_ready(url, proc, log)
         yield url
@@ -222,7 +257,7 @@ def check_books(a: Book, b: Book, committed: int) -> str:
             return f"MISMATCH: pending left on {book.url}: {bal}"
     if out[0] != out[1]:
         return f"MISMATCH: book A moved {out[0]}, book B {out[1]}"
-    return f"books agree: {out[0]} units moved on each side (committed in runs: {committed})"
+    return f"books agree: {out[0]} units moved on each side, {committed} transfers committed"
 
 
 def serve_fake(port: int) -> None:
@@ -278,6 +313,7 @@ def run(args: argparse.Namespace) -> int:
                     },
                     tmp / "coordinator.log",
                     port,
+                    "coordinator",
                 )
             )
             token = token_for(coord_db, "write")
@@ -290,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
                         {},
                         tmp / "fake.log",
                         fport,
+                        "participant",
                     )
                 )
 
@@ -312,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
                             },
                             tmp / f"ledger-{side}.log",
                             lport,
+                            f"ledger {side}",
                         )
                     )
                     opened.append(open_book(url, token_for(db, "write"), side))
@@ -329,9 +367,10 @@ def run(args: argparse.Namespace) -> int:
                 def make(i: int) -> list[dict[str, Any]]:
                     return ledger_branches(a, b, i)
 
-            asyncio.run(load(coordinator, token, make, args.clients, 1.0))  # warm-up
+            warm, _, _ = asyncio.run(load(coordinator, token, make, args.clients, 1.0))
             figures = []
-            total = 0
+            total = warm
+            cpu0, wall0 = cpu_snapshot(), time.perf_counter()
             for _ in range(runs):
                 done, other, lat = asyncio.run(
                     load(coordinator, token, make, args.clients, seconds)
@@ -344,6 +383,11 @@ def run(args: argparse.Namespace) -> int:
                     f"p99 {percentile(lat, 0.99) * 1000:.1f} ms",
                     flush=True,
                 )
+            cpu1, wall = cpu_snapshot(), time.perf_counter() - wall0
+            shares = ", ".join(
+                f"{name} {100 * (cpu1[name] - cpu0[name]) / wall:.0f}%" for name in cpu1
+            )
+            print(f"  CPU (100% = one core; 2 cores shared): {shares}", flush=True)
             rate = statistics.median(f[0] for f in figures)
             p50 = statistics.median(f[1] for f in figures) * 1000
             p99 = statistics.median(f[2] for f in figures) * 1000

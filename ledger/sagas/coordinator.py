@@ -309,7 +309,7 @@ class Coordinator:
         started = TransactionStarted(
             gid=gid, kind=kind, spec=spec_data, deadline_us=deadline_us, at_us=now_us
         )
-        txn = start(started)
+        txn = start(started, spec if spec.gid == gid else spec.model_copy(update={"gid": gid}))
         first_ids = txn.ids if kind == "tcc" else txn.ids[:1]
         first_op = "try" if kind == "tcc" else "action"
         calls = [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Protocol, cast
@@ -122,12 +123,25 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def time_out(self, timeout_s: float) -> None:
+        self._fail(CallTimeout(f"no answer within {timeout_s} s"))
+
     def send(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None and self.waiter is None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return self.waiter
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(url: str) -> tuple[tuple[str, int], str, str] | None:
+    """((host, port), path with query, netloc) of a plain ``http://`` URL, else None."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return None
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (parts.hostname, parts.port or 80), path, parts.netloc
 
 
 def _clean(text: str) -> str:
@@ -150,54 +164,56 @@ class FastPoster:
     async def post(
         self, url: str, body: bytes | None, headers: Mapping[str, str], timeout_s: float
     ) -> tuple[int, bytes]:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
+        target = _target(url)
+        if target is None:
             return await self.fallback.post(url, body, headers, timeout_s)
-        host, port = parts.hostname, parts.port or 80
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        head = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}"]
+        key, path, netloc = target
+        head = [f"POST {path} HTTP/1.1", f"Host: {netloc}"]
         head += [f"{_clean(k)}: {_clean(v)}" for k, v in headers.items()]
         head.append(f"Content-Length: {len(body) if body else 0}")
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
-        key = (host, port)
         slots = self._slots.get(key)
         if slots is None:
             slots = self._slots[key] = asyncio.Semaphore(self.connections_max)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         async with slots:
+            conn = await self._connection(key, deadline - loop.time())
+            # One timer per request instead of a wait_for task: when it fires, the
+            # connection is closed and the waiting request fails with CallTimeout.
+            timer = loop.call_later(max(0.0, deadline - loop.time()), conn.time_out, timeout_s)
             try:
-                return await asyncio.wait_for(self._exchange(key, request), timeout_s)
-            except TimeoutError as exc:
-                raise CallTimeout(f"no answer within {timeout_s} s") from exc
-
-    async def _exchange(self, key: tuple[str, int], request: bytes) -> tuple[int, bytes]:
-        idle = self._idle[key]
-        conn = None
-        while idle:
-            candidate = idle.pop()
-            if candidate.open:
-                conn = candidate
-                break
-        if conn is None:
-            try:
-                _, conn = await asyncio.get_running_loop().create_connection(
-                    _Connection, key[0], key[1]
-                )
-            except OSError as exc:
-                raise CallFailed(f"cannot connect to {key[0]}:{key[1]}: {exc}") from exc
-            self._all.add(conn)
-        try:
-            result = await conn.send(request)
-        except BaseException:
-            conn.close()
-            self._all.discard(conn)
-            raise
+                result = await conn.send(request)
+            except BaseException:
+                conn.close()
+                self._all.discard(conn)
+                raise
+            finally:
+                timer.cancel()
         if conn.open:
-            idle.append(conn)
+            self._idle[key].append(conn)
         else:
             self._all.discard(conn)
         return result
+
+    async def _connection(self, key: tuple[str, int], timeout_s: float) -> _Connection:
+        idle = self._idle[key]
+        while idle:
+            candidate = idle.pop()
+            if candidate.open:
+                return candidate
+            self._all.discard(candidate)
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(_Connection, key[0], key[1]), max(timeout_s, 0.001)
+            )
+        except TimeoutError as exc:
+            raise CallTimeout(f"cannot connect to {key[0]}:{key[1]} in time") from exc
+        except OSError as exc:
+            raise CallFailed(f"cannot connect to {key[0]}:{key[1]}: {exc}") from exc
+        self._all.add(conn)
+        return conn
 
     async def aclose(self) -> None:
         for conn in list(self._all):

@@ -104,15 +104,17 @@ class Transaction:
         return state
 
 
-def start(event: CoordinatorEvent) -> Transaction:
-    """The transaction a ``TransactionStarted`` event begins."""
+def start(event: CoordinatorEvent, spec: TccSpec | SagaSpec | None = None) -> Transaction:
+    """The transaction a ``TransactionStarted`` event begins (``spec``: the event's spec,
+    already parsed, when the caller has it)."""
     assert event.type == "TransactionStarted"
     spec_data = dict(event.spec)
-    spec: TccSpec | SagaSpec = (
-        TccSpec.model_validate(spec_data)
-        if event.kind == "tcc"
-        else SagaSpec.model_validate(spec_data)
-    )
+    if spec is None:
+        spec = (
+            TccSpec.model_validate(spec_data)
+            if event.kind == "tcc"
+            else SagaSpec.model_validate(spec_data)
+        )
     return Transaction(
         gid=event.gid,
         kind=event.kind,
