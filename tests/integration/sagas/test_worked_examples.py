@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import pytest
 from examples.cross_book import Side, cross_book_transfer
 from examples.order import order_saga, order_tcc
 from ledger.devservices import free_port
+from ledger.sagas.runtime import ManualClock
 from tests.integration.sagas.conftest import (
     FAST,
     Inventory,
@@ -223,3 +224,46 @@ def test_an_order_whose_inventory_keeps_failing_is_cancelled(
     assert state["decision_reason"] == "timed out before every try succeeded"
     assert state["branches"][1]["try"]["attempts"] >= 2  # type: ignore[index]
     shop.check(paid=0, taken=0)
+
+
+def test_reordered_deliveries_on_the_ledger_nodes_leave_the_books_right(
+    database_url: str, tmp_path: Path, books: Books
+) -> None:
+    """Book B's try is held in the network past the deadline; the coordinator cancels
+    (B's first cancel answer is lost, so B sees two cancels before the try); the late try
+    is refused. Then a transfer whose first confirm answer is lost: the repeated confirm
+    posts nothing twice."""
+    held = books.b.gated.hold("/try")
+    books.b.gated.lose_answer("/cancel")
+    clock = ManualClock()
+    with start_coordinator(database_url, tmp_path / "c-wal", clock=clock) as live:
+        body = cross_book_transfer(gid(), books.source(), books.target(), 300, timeout_s=5)
+        with live.client("write") as c:
+            c.post("/v1/tcc", json=body)
+        books.b.gated.wait_arrived("/try")
+        clock.advance(6)
+        state = live.wait_finished(body["gid"], clock=clock)
+        assert state["status"] == "cancelled"
+        assert state["branches"][1]["cancel"]["attempts"] == 2
+        held.set()
+        wait_until(lambda: any(p.endswith("/try") for p, _ in books.b.gated.answers))
+        assert [s for p, s in books.b.gated.answers if p.endswith("/try")] == [409]
+        books.check(moved=0)
+        del books.b.gated.holds["/try"]
+        books.b.gated.lose_answer("/confirm")
+        body = cross_book_transfer(gid(), books.source(), books.target(), 300)
+        with live.client("write") as c:
+            c.post("/v1/tcc", json=body)
+        state = live.wait_finished(body["gid"], clock=clock)
+        assert state["status"] == "committed"
+        assert state["branches"][1]["confirm"]["attempts"] == 2
+    books.check(moved=300)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
