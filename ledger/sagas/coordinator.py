@@ -455,7 +455,10 @@ class Coordinator:
         """Record the request and wake every back-off wait of ``gid`` now."""
         txn = self._live_or_raise(gid)
         await self.rt.record(txn, [RetryRequested(gid=gid, by=by, at_us=self.clock.now_us())])
-        self.rt.poke(gid)
+        if gid in self._tasks:
+            self.rt.poke(gid)
+        else:  # its driver stopped on an error: start it again from the recorded state
+            self._launch(txn, first_recorded=False)
         return txn
 
     async def force_stop(self, gid: str, by: str, reason: str) -> Transaction:

@@ -343,7 +343,7 @@ class Journal:
             event = event_from_record(record)
             streams.setdefault(record.stream_id, []).append(event)
             self._versions[record.stream_id] = record.stream_version
-        for name in [n for n, events in streams.items() if _finished(events)]:
+        for name in [n for n, events in streams.items() if not events or _finished(events)]:
             del streams[name]
             self._versions.pop(name, None)
         self._since_snapshot = head - watermark
@@ -481,7 +481,11 @@ class Journal:
         if records and self._since_snapshot >= self.snapshot_every_events:
             watermark = records[-1].position
             snapshots.append(
-                SnapshotRow(OPEN_STREAMS_SNAPSHOT, watermark, {"streams": sorted(self._versions)})
+                SnapshotRow(
+                    OPEN_STREAMS_SNAPSHOT,
+                    watermark,
+                    {"streams": sorted(n for n, v in self._versions.items() if v > 0)},
+                )
             )
             self._since_snapshot = 0
         batch = _Batch(entries, records, snapshots, watermark, started_s)
