@@ -47,7 +47,8 @@ import psycopg
 
 from ledger.adapters.postgres import PostgresEventStore
 from ledger.adapters.wal import open_wal
-from ledger.application.recorder import Recorder, RecoveryReport
+from ledger.application.ports import EventStore
+from ledger.application.recorder import Recorder, RecoveryReport, WalWithTail
 from ledger.devservices import normalise_pg_url
 from ledger.logs import transaction_id
 from ledger.sagas.http import FastPoster, HttpxPoster, Poster
@@ -213,16 +214,23 @@ class Coordinator:
         metrics: CoordinatorMetrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         holder: str | None = None,
+        store: EventStore | None = None,
+        wal: WalWithTail | None = None,
     ) -> Coordinator:
-        """Open the WAL and the event store, recover, and resume every unfinished one."""
+        """Open the WAL and the event store, recover, and resume every unfinished one.
+        ``store`` and ``wal`` replace the PostgreSQL store and the file WAL (tests pass
+        the in-memory fakes); ``transport`` replaces the network (httpx only)."""
         clock = clock or SystemClock()
         metrics = metrics or CoordinatorMetrics()
-        wal, torn = await asyncio.to_thread(
-            open_wal, config.wal_dir, config.wal_segment_size_bytes, False
-        )
-        if torn is not None:
-            _log.warning("coordinator WAL recovery: %s", torn)
-        store = PostgresEventStore(config.database_url, config.book_id)
+        if wal is None:
+            file_wal, torn = await asyncio.to_thread(
+                open_wal, config.wal_dir, config.wal_segment_size_bytes, False
+            )
+            if torn is not None:
+                _log.warning("coordinator WAL recovery: %s", torn)
+            wal = file_wal
+        if store is None:
+            store = PostgresEventStore(config.database_url, config.book_id)
         recorder = Recorder(wal, store, retry_max_ms=config.postgres_retry_max_ms)
         journal = Journal(
             recorder,
