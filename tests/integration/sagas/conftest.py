@@ -424,11 +424,3 @@ def two_ledgers(
         start_ledger(pg_server, template_database, tmp_path / "wal-b", "B") as b,
     ):
         yield a, b
-
-
-@pytest.fixture(autouse=True)
-def _skip_slow_cases(request: pytest.FixtureRequest) -> None:
-    """Cases marked ``slow`` run only with ``--slow``; skipped before any other fixture
-    of theirs is set up (databases, servers), so a skipped case costs nothing."""
-    if request.node.get_closest_marker("slow") and not request.config.getoption("--slow"):
-        pytest.skip("long matrix case: run with --slow")
