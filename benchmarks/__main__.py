@@ -11,6 +11,7 @@ MODULES = [
     "benchmarks.bench_node",
     "benchmarks.bench_api",
     "benchmarks.bench_projections",
+    "benchmarks.bench_tcc",
 ]
 
 

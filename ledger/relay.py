@@ -76,6 +76,9 @@ class RelayConfig:
     batch_size_max: int = 5000
     retry_max_ms: int = 5000
     request_timeout_ms: int = 10_000
+    excluded_books: tuple[str, ...] = ()
+    """Books never published: the coordinator's journal holds participant credentials
+    (branch headers) and is not a ledger book, so it stays out of Kafka."""
 
 
 def relay_config(settings: Settings, bootstrap: str) -> RelayConfig:
@@ -86,6 +89,7 @@ def relay_config(settings: Settings, bootstrap: str) -> RelayConfig:
         partitions=settings.kafka_partitions,
         poll_interval_ms=settings.relay_poll_interval_ms,
         batch_size_max=settings.relay_batch_size_max,
+        excluded_books=(settings.coordinator_book_id,),
     )
 
 
@@ -232,7 +236,7 @@ class Relay:
             "SELECT book_id FROM relay_checkpoints WHERE relay = %s ORDER BY 1",
             (self.config.name,),
         )
-        return [r[0] for r in await cur.fetchall()]
+        return [r[0] for r in await cur.fetchall() if r[0] not in self.config.excluded_books]
 
     async def _checkpoint(self, conn: psycopg.AsyncConnection[Any], book_id: str) -> int:
         cur = await conn.execute(

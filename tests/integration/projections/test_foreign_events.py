@@ -25,3 +25,27 @@ def test_foreign_events_advance_the_checkpoint_and_change_no_read_model(
             assert read_checkpoint(conn, projection.name, "coordinator") == 2
         rows = conn.execute("SELECT count(*) FROM account_balances").fetchone()
     assert rows == (0,)
+
+
+def test_the_relay_never_publishes_the_coordinators_journal(database_url: str) -> None:
+    """The coordinator's book holds participant credentials: it must stay out of Kafka."""
+    import asyncio
+
+    from ledger.config import load_settings
+    from ledger.relay import Relay, relay_config
+
+    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+        for book in ("main", "coordinator"):
+            conn.execute(
+                "INSERT INTO writer_leases (book_id, epoch, holder) VALUES (%s, 1, 'x')", (book,)
+            )
+        conn.commit()
+
+    async def books() -> list[str]:
+        relay = Relay(database_url, relay_config(load_settings(), "127.0.0.1:9"))
+        try:
+            return await relay._books(await relay._connection())
+        finally:
+            await relay.close()
+
+    assert asyncio.run(books()) == ["main"]
