@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import orjson
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,6 +33,7 @@ from ledger.api.idempotency import KEY_LENGTH_MAX, IdempotencyStore, body_digest
 from ledger.api.metrics import ApiMetrics
 from ledger.api.problems import (
     ApiProblem,
+    JsonResponse,
     handle_http,
     handle_problem,
     handle_validation,
@@ -62,15 +62,6 @@ class ApiContext:
     node: LedgerNode | None = None
     close_node_on_shutdown: bool = True
     read_models: Any = None
-
-
-class JsonResponse(Response):
-    """A JSON response serialised with orjson."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 # -- wire models ------------------------------------------------------------------------

@@ -19,10 +19,19 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-__all__ = ["ApiProblem", "problem_response", "validation_problem"]
+__all__ = ["ApiProblem", "JsonResponse", "problem_response", "validation_problem"]
 
 PROBLEM_TYPE = "https://eventledger.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class JsonResponse(Response):
+    """A JSON response serialised with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class ApiProblem(Exception):

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from ledger import domain
+from ledger.api.problems import JsonResponse
 
 __all__ = ["TCC_NAMESPACE", "branch_ids", "register_tcc_routes"]
 
@@ -73,8 +74,6 @@ _CONFIRMED_ALREADY = {domain.RejectionCode.pending_transfer_already_posted}
 def _answer(
     outcome: domain.CommandOutcome, transfer_id: UUID, done_codes: set[domain.RejectionCode]
 ) -> Response:
-    from ledger.api.app import JsonResponse
-
     if outcome.status != "rejected" or outcome.code in done_codes:
         return JsonResponse({"result": "success", "transfer_id": str(transfer_id)})
     body = {"result": "failure", "code": str(outcome.code), "detail": outcome.detail}

@@ -28,7 +28,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-import orjson
 import uvicorn
 from fastapi import Depends, FastAPI, Header, Path, Query
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ledger.api.auth import ApiKey, KeyStore, scope_allows
 from ledger.api.problems import (
     ApiProblem,
+    JsonResponse,
     handle_http,
     handle_problem,
     handle_validation,
@@ -69,15 +69,6 @@ LIST_LIMIT_MAX: Final = 1000
 Wait = Annotated[bool, Query(description="wait for the final state (up to wait_timeout_s)")]
 WaitTimeout = Annotated[float | None, Query(gt=0, le=3600)]
 GidPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
-
-
-class JsonResponse(Response):
-    """A JSON response serialised with orjson."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 class ForceStopRequest(BaseModel):
