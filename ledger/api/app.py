@@ -493,39 +493,37 @@ def _command_routes(app: FastAPI, h: _Handlers) -> None:
         outcomes = await submit([command])
         return results([transfer_id], outcomes)["results"][0]  # type: ignore[no-any-return]
 
-    @app.post(
-        "/v1/transfers/{transfer_id}/post",
-        response_model=ItemResult,
-        responses=PROBLEM_RESPONSES,
-        dependencies=[Depends(require("write"))],
-    )
-    async def post_pending(
+    for kind in ("post", "void"):
+        _resolve_route(app, kind, resolve, idempotent, require("write"))
+
+
+def _resolve_route(
+    app: FastAPI,
+    kind: str,
+    resolve: Callable[[UUID, ResolvePendingRequest, str], Awaitable[dict[str, Any]]],
+    idempotent: Callable[..., Awaitable[Response]],
+    writer: Callable[..., Awaitable[ApiKey]],
+) -> None:
+    """``POST /v1/transfers/{id}/post`` or ``/void``: resolve a pending transfer."""
+
+    async def resolve_pending(
         transfer_id: Annotated[UUID, Path()],
         request: Request,
         body: ResolvePendingRequest | None = None,
         idempotency_key: IdemKey = None,
     ) -> Response:
         async def run() -> tuple[int, Any]:
-            return 200, await resolve(transfer_id, body or ResolvePendingRequest(), "post")
+            return 200, await resolve(transfer_id, body or ResolvePendingRequest(), kind)
 
         return await idempotent(request, idempotency_key, run)
 
-    @app.post(
-        "/v1/transfers/{transfer_id}/void",
+    app.post(
+        f"/v1/transfers/{{transfer_id}}/{kind}",
         response_model=ItemResult,
         responses=PROBLEM_RESPONSES,
-        dependencies=[Depends(require("write"))],
-    )
-    async def void_pending(
-        transfer_id: Annotated[UUID, Path()],
-        request: Request,
-        body: ResolvePendingRequest | None = None,
-        idempotency_key: IdemKey = None,
-    ) -> Response:
-        async def run() -> tuple[int, Any]:
-            return 200, await resolve(transfer_id, body or ResolvePendingRequest(), "void")
-
-        return await idempotent(request, idempotency_key, run)
+        dependencies=[Depends(writer)],
+        name=f"{kind}_pending",
+    )(resolve_pending)
 
 
 def _read_routes(app: FastAPI, h: _Handlers) -> None:
