@@ -62,6 +62,9 @@ class ApiContext:
     node: LedgerNode | None = None
     close_node_on_shutdown: bool = True
     read_models: Any = None
+    on_shutdown: list[Callable[[], None]] = field(default_factory=list)
+    """Run last at shutdown, inside the server: uvicorn re-raises SIGTERM after its
+    shutdown, so code after ``uvicorn.run`` (or atexit) may never run."""
 
 
 # -- wire models ------------------------------------------------------------------------
@@ -306,6 +309,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 await ctx.node.close()
             if ctx.read_models is not None:
                 await ctx.read_models.close()
+            for close in ctx.on_shutdown:
+                await asyncio.to_thread(close)
 
     app = FastAPI(
         title="eventledger",

@@ -54,18 +54,14 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         key, token = KeyStore(url).create("dev", "admin")
         print(f"dev admin key {key.key_id}: {token}", flush=True)
     ctx = build_context(settings, url)
-    app = create_app(ctx)
-    try:
-        uvicorn.run(
-            app,
-            host=host or settings.http_host,
-            port=port if port is not None else settings.http_port,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-        )
-    finally:
-        ctx.keys.close()
-        ctx.idempotency.close()
-        if pg is not None:
-            pg.close()
+    ctx.on_shutdown += [ctx.keys.close, ctx.idempotency.close]
+    if pg is not None:
+        ctx.on_shutdown.append(pg.close)
+    uvicorn.run(
+        create_app(ctx),
+        host=host or settings.http_host,
+        port=port if port is not None else settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
     return 0

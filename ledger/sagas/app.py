@@ -25,7 +25,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 import uvicorn
@@ -86,6 +86,9 @@ class CoordinatorContext:
     keys: KeyStore
     wait_max_s: float = 60.0
     coordinator: Coordinator | None = None
+    on_shutdown: list[Callable[[], None]] = field(default_factory=list)
+    """Run last at shutdown, inside the server: uvicorn re-raises SIGTERM after its
+    shutdown, so code after ``uvicorn.run`` may never run."""
 
 
 def coordinator_config(settings: Settings, database_url: str) -> CoordinatorConfig:
@@ -128,6 +131,8 @@ def create_app(ctx: CoordinatorContext) -> FastAPI:
         finally:
             if ctx.coordinator is not None:
                 await ctx.coordinator.close()
+            for close in ctx.on_shutdown:
+                await asyncio.to_thread(close)
 
     app = FastAPI(
         title="eventledger coordinator",
@@ -469,16 +474,14 @@ def serve_coordinator(settings: Settings, host: str | None = None, port: int | N
         keys=keys,
         wait_max_s=settings.coordinator_wait_max_s,
     )
-    try:
-        uvicorn.run(
-            create_app(ctx),
-            host=host or settings.http_host,
-            port=port if port is not None else settings.coordinator_http_port,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-        )
-    finally:
-        keys.close()
-        if pg is not None:
-            pg.close()
+    ctx.on_shutdown.append(keys.close)
+    if pg is not None:
+        ctx.on_shutdown.append(pg.close)
+    uvicorn.run(
+        create_app(ctx),
+        host=host or settings.http_host,
+        port=port if port is not None else settings.coordinator_http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
     return 0
