@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger import domain
-from ledger.api.auth import ApiKey, KeyStore, scope_allows
+from ledger.api.auth import ApiKey, KeyStore
 from ledger.api.idempotency import KEY_LENGTH_MAX, IdempotencyStore, body_digest
 from ledger.api.metrics import ApiMetrics
 from ledger.api.problems import (
@@ -39,6 +39,7 @@ from ledger.api.problems import (
     handle_validation,
     problem_response,
 )
+from ledger.api.security import bearer_key
 from ledger.api.tcc import register_tcc_routes
 from ledger.application.errors import NodeStopped, Overloaded, Retriable
 from ledger.application.node import LedgerNode
@@ -356,36 +357,7 @@ class _Handlers:
         return self.ctx.read_models
 
     def require(self, scope: str) -> Callable[..., Awaitable[ApiKey]]:
-        async def check(
-            authorization: Annotated[str | None, Header()] = None,
-        ) -> ApiKey:
-            if not authorization or not authorization.lower().startswith("bearer "):
-                raise ApiProblem(
-                    401,
-                    "unauthenticated",
-                    "missing bearer API key: send 'Authorization: Bearer elk_...'",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            token = authorization[7:].strip()
-            known, key = self.ctx.keys.cached(token)
-            if not known:
-                key = await asyncio.to_thread(self.ctx.keys.verify, token)
-            if key is None:
-                raise ApiProblem(
-                    401,
-                    "invalid_api_key",
-                    "API key is unknown, malformed or revoked",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            if not scope_allows(key.scope, scope):
-                raise ApiProblem(
-                    403,
-                    "insufficient_scope",
-                    f"key {key.key_id} has scope {key.scope!r}; this endpoint needs {scope!r}",
-                )
-            return key
-
-        return check
+        return bearer_key(self.ctx.keys, scope)
 
     async def submit(self, commands: list[domain.Command]) -> list[domain.CommandOutcome]:
         try:

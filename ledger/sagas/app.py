@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 import uvicorn
-from fastapi import Depends, FastAPI, Header, Path, Query
+from fastapi import Depends, FastAPI, Path, Query
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,6 +46,7 @@ from ledger.api.problems import (
     handle_validation,
     problem_response,
 )
+from ledger.api.security import bearer_key
 from ledger.config import Settings
 from ledger.sagas.coordinator import (
     Coordinator,
@@ -154,34 +155,7 @@ def create_app(ctx: CoordinatorContext) -> FastAPI:
         return c
 
     def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
-        async def check(authorization: Annotated[str | None, Header()] = None) -> ApiKey:
-            if not authorization or not authorization.lower().startswith("bearer "):
-                raise ApiProblem(
-                    401,
-                    "unauthenticated",
-                    "missing bearer API key: send 'Authorization: Bearer elk_...'",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            token = authorization[7:].strip()
-            known, key = ctx.keys.cached(token)
-            if not known:
-                key = await asyncio.to_thread(ctx.keys.verify, token)
-            if key is None:
-                raise ApiProblem(
-                    401,
-                    "invalid_api_key",
-                    "API key is unknown, malformed or revoked",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            if not scope_allows(key.scope, scope):
-                raise ApiProblem(
-                    403,
-                    "insufficient_scope",
-                    f"key {key.key_id} has scope {key.scope!r}; this endpoint needs {scope!r}",
-                )
-            return key
-
-        return check
+        return bearer_key(ctx.keys, scope)
 
     async def started(
         kind: str, spec: TccSpec | SagaSpec, wait: bool, wait_timeout_s: float | None
