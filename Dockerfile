@@ -1,6 +1,9 @@
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+# A C compiler and OpenSSL's headers build the native WAL codec (ledger/adapters/_walcodec.c).
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md alembic.ini ./
 COPY ledger ledger
 COPY projections projections
 COPY migrations migrations

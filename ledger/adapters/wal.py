@@ -149,6 +149,11 @@ _SPARE_NAME: Final = "spare-segment.tmp"
 _LOCK_NAME: Final = "wal.lock"
 _FILE_MODE: Final = 0o644
 
+try:
+    from ledger.adapters import _walcodec as _native
+except ImportError:  # pragma: no cover - the package build compiles it (setup.py)
+    _native = None  # type: ignore[assignment]
+
 _crc32c: Callable[[bytes], int] = google_crc32c.value
 
 ProgressCallback = Callable[[int], None]
@@ -296,9 +301,27 @@ def _encode_batch(
     """Frame ``records`` after checking they continue the chain; return (bytes, last hash).
 
     This is the "before writing" half of the assertion pair: positions are consecutive
-    from ``last_position + 1``, each ``prev_hash`` links to its predecessor and each
-    ``hash`` is recomputed from the canonical bytes that are about to be stored.
+    from ``last_position + 1`` and each ``prev_hash`` links to its predecessor. A record
+    that carries its canonical bytes (``canonical_cache``) was hashed from exactly those
+    bytes by :func:`~ledger.application.records.chain_records` in this process, a moment
+    ago, so its hash is not computed a second time: the native codec frames the batch
+    in one call. Every other record (one rebuilt from the event store during recovery,
+    or built by hand) has its hash recomputed from the canonical bytes about to be
+    stored, by :func:`_encode_batch_checked`, which is also what runs, and says what is
+    wrong, whenever the native codec declines a batch.
     """
+    if _native is not None and isinstance(records, list | tuple):
+        framed: tuple[bytes, bytes] | None = _native.encode_batch(records, last_position, last_hash)
+        if framed is not None:
+            return framed
+    return _encode_batch_checked(records, last_position, last_hash)
+
+
+def _encode_batch_checked(
+    records: Sequence[EventRecord], last_position: int, last_hash: bytes
+) -> tuple[bytes, bytes]:
+    """The reference encoder: every check, including each ``hash`` recomputed from the
+    canonical bytes, with a precise :class:`WalInvariantViolated` when one fails."""
     count = len(records)
     if count > BATCH_RECORDS_MAX:
         raise ValueError(f"batch of {count} records exceeds BATCH_RECORDS_MAX {BATCH_RECORDS_MAX}")
@@ -1190,7 +1213,7 @@ def _remove_temporaries(directory: Path) -> None:
         _fsync_directory(directory)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
@@ -1341,6 +1364,10 @@ class FileWal:
         self._failure: WalFailed | None = None
         self._spare: Path | None = None
         self._spare_thread: threading.Thread | None = None
+        # One buffer for framing every batch, reused: a fresh allocation per batch costs
+        # page faults and cold cache lines on the hot path. It keeps the largest batch's
+        # size (at most BATCH_RECORDS_MAX records).
+        self._frame_buffer = bytearray()
         self.recovery_report = recovery_report
         """The torn tail that :func:`open_wal` moved aside, or ``None``."""
 
@@ -1389,16 +1416,23 @@ class FileWal:
         fd = self._writable()
         if not records:
             return
-        data, last_hash = _encode_batch(records, self._last_position, self._last_hash)
-        if (
-            self._write_offset > HEADER_BYTES
-            and self._write_offset + len(data) > self._segment_size_bytes
-        ):
-            fd = self._rotate()
+        data, last_hash = self._frame(records)
+        size = len(data)
         try:
-            _pwrite_all(fd, data, self._write_offset)
-        except OSError as exc:
-            raise self._fail(WalWriteFailed(f"write to {self._segments[-1].name}: {exc}")) from exc
+            if (
+                self._write_offset > HEADER_BYTES
+                and self._write_offset + size > self._segment_size_bytes
+            ):
+                fd = self._rotate()
+            try:
+                _pwrite_all(fd, data, self._write_offset)
+            except OSError as exc:
+                raise self._fail(
+                    WalWriteFailed(f"write to {self._segments[-1].name}: {exc}")
+                ) from exc
+        finally:
+            if isinstance(data, memoryview):
+                data.release()
         try:
             os.fdatasync(fd)
         except OSError as exc:
@@ -1408,7 +1442,7 @@ class FileWal:
         index = self._indexes[-1]
         if self._last_position + 1 >= index[-1][0] + _INDEX_STRIDE_RECORDS:
             index.append((self._last_position + 1, self._write_offset, self._last_hash))
-        self._write_offset += len(data)
+        self._write_offset += size
         self._last_position += len(records)
         self._last_hash = last_hash
         if (
@@ -1418,6 +1452,18 @@ class FileWal:
             and self._write_offset * 2 > self._segment_size_bytes
         ):
             self._start_spare()
+
+    def _frame(self, records: Sequence[EventRecord]) -> tuple[bytes | memoryview, bytes]:
+        """The batch's bytes (a view of the reused frame buffer when the native codec
+        framed it: release it after writing) and its last hash."""
+        if _native is not None and isinstance(records, list | tuple):
+            framed = _native.encode_batch(
+                records, self._last_position, self._last_hash, self._frame_buffer
+            )
+            if framed is not None:
+                length, last_hash = framed
+                return memoryview(self._frame_buffer)[:length], last_hash
+        return _encode_batch_checked(records, self._last_position, self._last_hash)
 
     def _writable(self) -> int:
         if self._failure is not None:

@@ -53,8 +53,12 @@ class EventRecord:
     data: Mapping[str, Any]
     prev_hash: bytes
     hash: bytes
-    canonical_cache: bytes | None = field(default=None, compare=False, repr=False)
-    data_json: bytes | None = field(default=None, compare=False, repr=False)
+    # Set only by chain_records, right after it hashed exactly these bytes: the WAL then
+    # frames the record without hashing it again and the event store copies data_json
+    # as it is. They are init=False so that dataclasses.replace() (which copies init
+    # fields only) can never carry bytes over to a record whose fields have changed.
+    canonical_cache: bytes | None = field(default=None, init=False, compare=False, repr=False)
+    data_json: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def canonical(self) -> bytes:
         if self.canonical_cache is not None:
@@ -196,6 +200,7 @@ def chain_records(
     out: list[EventRecord] = []
     position = first_position
     sha256 = hashlib.sha256
+    set_field = object.__setattr__  # the record is frozen; these two fields are caches
     for p in pending:
         data_json = orjson.dumps(p.data, option=_SORT)
         if _SAFE.match(p.stream_id) and _SAFE.match(p.type):
@@ -223,22 +228,21 @@ def chain_records(
                 prev_hash,
             )
         digest = sha256(prev_hash + canon).digest()
-        out.append(
-            EventRecord(
-                position,
-                p.event_id,
-                p.stream_id,
-                p.stream_version,
-                p.type,
-                p.schema_version,
-                p.recorded_at_us,
-                p.data,
-                prev_hash,
-                digest,
-                canon,
-                data_json,
-            )
+        record = EventRecord(
+            position,
+            p.event_id,
+            p.stream_id,
+            p.stream_version,
+            p.type,
+            p.schema_version,
+            p.recorded_at_us,
+            p.data,
+            prev_hash,
+            digest,
         )
+        set_field(record, "canonical_cache", canon)
+        set_field(record, "data_json", data_json)
+        out.append(record)
         prev_hash = digest
         position += 1
     return out
