@@ -446,6 +446,133 @@ static PyObject *py_verify_span(PyObject *self, PyObject *args) {
                          (Py_ssize_t)HASH_BYTES, count, status);
 }
 
+/* --- scan_frames ------------------------------------------------------------------------ */
+
+/* scan_frames(buf, offset, base, expected, prev_hash, batch_first, batch_last,
+ *             stop_position, offsets, index, index_next, index_stride)
+ *     -> (offset, stopped, expected, prev_hash, batch_first, batch_last,
+ *         batch_start_offset, batch_start_prev, index_next)
+ *
+ * The good-record path of wal._scan_frames (read that first): from ``offset`` in
+ * ``buf`` (whose first byte is at file offset ``base``), accept every record that is
+ * complete, has a plausible length and a good CRC32C, the expected position, a canonical
+ * length that fits, a hash that chains, and batch fields that start or continue a batch
+ * correctly. It appends each accepted record's offset to ``offsets`` (a list, or None)
+ * and an index entry (position, file offset, hash before it) to ``index`` (a list, or
+ * None) at the first batch start at or after ``index_next``, as the reference does.
+ * ``stopped`` is true when the record at ``stop_position`` was accepted; otherwise the
+ * record at the returned offset is not accepted here (end of data, incomplete, damaged)
+ * and the reference loop must classify it. ``batch_start_offset`` is -1 and
+ * ``batch_start_prev`` None when no batch started in the span. */
+static PyObject *py_scan_frames(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t offset, base;
+    long long expected, batch_first, batch_last, stop_position, index_next, index_stride;
+    const char *prev_in;
+    Py_ssize_t prev_len;
+    PyObject *offsets, *index;
+    if (!PyArg_ParseTuple(args, "y*nnLy#LLLOOLL:scan_frames", &view, &offset, &base, &expected,
+                          &prev_in, &prev_len, &batch_first, &batch_last, &stop_position,
+                          &offsets, &index, &index_next, &index_stride)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    PyObject *start_prev = NULL;
+    Py_ssize_t end = view.len;
+    if (prev_len != HASH_BYTES || offset < 0 || offset > end ||
+        (offsets != Py_None && !PyList_Check(offsets)) ||
+        (index != Py_None && !PyList_Check(index))) {
+        PyErr_SetString(PyExc_ValueError, "scan_frames: bad arguments");
+        goto done;
+    }
+    const uint8_t *buf = view.buf;
+    uint8_t prev[HASH_BYTES];
+    memcpy(prev, prev_in, HASH_BYTES);
+    Py_ssize_t start_offset = -1;
+    uint8_t start_hash[HASH_BYTES];
+    int stopped = 0;
+    while (offset + RECORD_HEAD_BYTES <= end) {
+        uint32_t length = get_u32(buf + offset);
+        if (length == 0 || (length & 7) || length < PAYLOAD_BYTES_MIN ||
+            length > PAYLOAD_BYTES_MAX || offset + FRAME_BYTES + (Py_ssize_t)length > end) {
+            break;
+        }
+        const uint8_t *payload = buf + offset + FRAME_BYTES;
+        if (crc32c(0, payload, length) != get_u32(buf + offset + 4)) {
+            break;
+        }
+        long long position = (long long)get_u64(payload);
+        long long first = (long long)get_u64(payload + 8);
+        long long count = (long long)get_u32(payload + 16);
+        uint32_t canonical_length = get_u32(payload + 20);
+        Py_ssize_t hash_at = FRAME_BYTES + (Py_ssize_t)length - HASH_BYTES;
+        Py_ssize_t canonical_end = RECORD_HEAD_BYTES + (Py_ssize_t)canonical_length;
+        if (position != expected || hash_at < canonical_end || hash_at - canonical_end >= 8) {
+            break;
+        }
+        uint8_t digest[HASH_BYTES];
+        chain_hash(prev, buf + offset + RECORD_HEAD_BYTES, canonical_length, digest);
+        if (memcmp(digest, buf + offset + hash_at, HASH_BYTES) != 0) {
+            break;
+        }
+        int starts = 0;
+        if (batch_last < position) {
+            if (first != position || count < 1) {
+                break;
+            }
+            starts = 1;
+        } else if (first != batch_first || first + count - 1 != batch_last) {
+            break;
+        }
+        if (offsets != Py_None) {
+            PyObject *o = PyLong_FromSsize_t(offset);
+            if (o == NULL || PyList_Append(offsets, o) < 0) {
+                Py_XDECREF(o);
+                goto done;
+            }
+            Py_DECREF(o);
+        }
+        if (starts) {
+            batch_first = position;
+            batch_last = position + count - 1;
+            start_offset = base + offset;
+            memcpy(start_hash, prev, HASH_BYTES);
+            if (index != Py_None && position >= index_next) {
+                PyObject *entry = Py_BuildValue("(Lny#)", position, base + offset,
+                                                (const char *)prev, (Py_ssize_t)HASH_BYTES);
+                if (entry == NULL || PyList_Append(index, entry) < 0) {
+                    Py_XDECREF(entry);
+                    goto done;
+                }
+                Py_DECREF(entry);
+                index_next = position + index_stride;
+            }
+        }
+        memcpy(prev, digest, HASH_BYTES);
+        expected = position + 1;
+        offset += FRAME_BYTES + (Py_ssize_t)length;
+        if (position == stop_position) {
+            stopped = 1;
+            break;
+        }
+    }
+    if (start_offset >= 0) {
+        start_prev = PyBytes_FromStringAndSize((const char *)start_hash, HASH_BYTES);
+        if (start_prev == NULL) {
+            goto done;
+        }
+    } else {
+        start_prev = Py_NewRef(Py_None);
+    }
+    result = Py_BuildValue("(niLy#LLnOL)", offset, stopped, expected, (const char *)prev,
+                           (Py_ssize_t)HASH_BYTES, batch_first, batch_last, start_offset,
+                           start_prev, index_next);
+done:
+    Py_XDECREF(start_prev);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* --- module ------------------------------------------------------------------------------ */
 
 static PyMethodDef methods[] = {
@@ -459,6 +586,11 @@ static PyMethodDef methods[] = {
     {"verify_span", py_verify_span, METH_VARARGS,
      "verify_span(buf, offset, size, position, prev_hash, records_max) -> "
      "(offset, position, prev_hash, count, status)"},
+    {"scan_frames", py_scan_frames, METH_VARARGS,
+     "scan_frames(buf, offset, base, expected, prev_hash, batch_first, batch_last, "
+     "stop_position, offsets, index, index_next, index_stride) -> (offset, stopped, "
+     "expected, prev_hash, batch_first, batch_last, batch_start_offset, batch_start_prev, "
+     "index_next)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -33,3 +33,18 @@ def verify_span(
     records_max: int,
     /,
 ) -> tuple[int, int, bytes, int, int]: ...
+def scan_frames(
+    buf: Buffer,
+    offset: int,
+    base: int,
+    expected: int,
+    prev_hash: bytes,
+    batch_first: int,
+    batch_last: int,
+    stop_position: int,
+    offsets: list[int] | None,
+    index: list[tuple[int, int, bytes]] | None,
+    index_next: int,
+    index_stride: int,
+    /,
+) -> tuple[int, int, int, bytes, int, int, int, bytes | None, int]: ...
