@@ -184,19 +184,20 @@ class _Books:
         self.forbidden: set[str] = set()  # ids spent by a TCC cancel before their try
 
     def apply(self, position: int, env: _Envelope) -> None:
+        t = env.type
         try:
-            self._apply(position, env)
+            if t in _TRANSFER_TYPES:
+                self._movement(position, t, env.data)
+            else:
+                self._other(position, t, env)
         except (KeyError, TypeError, AttributeError) as exc:
             # A field the event's type requires is missing, or names an account or a
             # hold that does not exist at this point of the log.
-            raise self._finding(position, env, f"{env.type} cannot be applied: {exc!r}") from None
+            raise self._finding(position, env, f"{t} cannot be applied: {exc!r}") from None
 
-    def _apply(self, position: int, env: _Envelope) -> None:
-        t = env.type
+    def _other(self, position: int, t: str, env: _Envelope) -> None:
         d = env.data
-        if t in _TRANSFER_TYPES:
-            self._movement(position, t, d)
-        elif t == "AccountOpened":
+        if t == "AccountOpened":
             account_id = _required(d.account_id)
             if account_id in self.accounts:
                 raise self._finding(position, env, f"account {account_id} opened twice")
@@ -376,6 +377,8 @@ class _WalScan:
         self._hashes: list[bytes] = []
         self._chunk_end = CHUNK_POSITIONS
         self._done = 0
+        self.on_chunk: Callable[[], None] | None = None
+        """Called after every ``CHUNK_POSITIONS`` records (the store check's pace)."""
 
     def run(self, on_record: OnRecord, advance: Advance | None) -> None:
         with contextlib.ExitStack() as stack:
@@ -501,6 +504,8 @@ class _WalScan:
         if advance is not None:
             advance(off - self._done)
             self._done = off
+        if self.on_chunk is not None:
+            self.on_chunk()
 
     @staticmethod
     def _chunk_of(position: int) -> int:
@@ -896,18 +901,12 @@ def replay_wal(
     books = _Books()
     store = _StoreCheck(database_url, book_id) if database_url else None
     try:
-        counter = [0]
-
-        def on_record(position: int, env: _Envelope) -> None:
-            books.apply(position, env)
-            counter[0] += 1
-            if store is not None and counter[0] % CHUNK_POSITIONS == 0:
-                store.poll(scan, block=False)
-
+        if store is not None:
+            scan.on_chunk = lambda: store.poll(scan, block=False)
         replay_started = time.monotonic()
         try:
             with _collector_paused():
-                scan.run(on_record, advance)
+                scan.run(books.apply, advance)
         except _Damage as damage:
             finding = _locate_damage(directory, damage, scan.position)
             if finding is not None:
