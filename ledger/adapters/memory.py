@@ -235,6 +235,14 @@ class MemoryEventStore:
             and str(data.get(key)) == value
         ]
 
+    def stream_ids(self, after: str, limit: int) -> list[str]:
+        ids = sorted(
+            sid
+            for (book, sid, version) in list(self.db.streams)
+            if book == self._book_id and version == 1 and sid > after
+        )
+        return ids[:limit]
+
     def watermark(self) -> int:
         got = self.db.snapshots.get((self._book_id, "$watermark"))
         return 0 if got is None else got[1]

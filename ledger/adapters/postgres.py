@@ -495,6 +495,22 @@ class PostgresEventStore:
 
         return self._with_conn("read", run)
 
+    def stream_ids(self, after: str, limit: int) -> list[str]:
+        """A page of the book's stream ids, in index order: an index-only scan of the
+        ``(book_id, stream_id, stream_version)`` key, which is much smaller than the
+        table and is read at start to fill the node's stream filter."""
+
+        def run(conn: psycopg.Connection[Any]) -> list[str]:
+            rows = conn.execute(
+                "SELECT stream_id FROM events WHERE book_id = %s AND stream_id > %s "
+                "AND stream_version = 1 ORDER BY stream_id LIMIT %s",
+                (self._book_id, after, limit),
+            ).fetchall()
+            conn.rollback()
+            return [r[0] for r in rows]
+
+        return self._with_conn("read", run)
+
     def watermark(self) -> int:
         """Position up to which the snapshots describe the state (0: no snapshots yet)."""
 

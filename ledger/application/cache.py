@@ -3,8 +3,14 @@
 Since the node is the only writer, its cache is authoritative: a record that is in memory
 is current. A record that is not in memory has not changed since the snapshot watermark,
 so its snapshot (accounts, pending transfers) or its creating event (transfers that are
-not holds never change) is current too. At start the cache loads every open hold (so
-expiry finds them) and replays the events after the watermark.
+not holds never change) is current too. At start the cache reads the id of every stream
+of the book into a :class:`~ledger.application.loading.StreamFilter`, loads every open
+hold (so expiry finds them) and replays the events after the watermark.
+
+Ids that are not in memory are looked up in PostgreSQL, except those the filter says were
+never stored: a new transfer's id, the common case, then costs no round trip. The filter
+must never miss a stored stream, so :meth:`BookCache.applied` adds every stream the node
+creates, in the batch that creates it. Until the filter is built every id is looked up.
 
 Snapshots: the cache remembers which records changed since the last snapshot; every
 ``snapshot_every_events`` events the node saves those records, with the batch that
@@ -18,19 +24,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from uuid import UUID
 
 from ledger import domain
 from ledger.adapters.postgres import SnapshotRow
 from ledger.application.errors import EventStoreUnavailable
-from ledger.application.loading import event_references, transfer_from_event
+from ledger.application.loading import (
+    StreamFilter,
+    created_record,
+    event_references,
+    transfer_from_event,
+)
 from ledger.application.ports import EventStore
 
 __all__ = ["BookCache"]
 
 _log = logging.getLogger(__name__)
 LOAD_ATTEMPTS_MAX = 10_000
+STREAM_PAGE_ROWS = 50_000
+FILTER_CAPACITY_MIN = 1 << 20
+PROGRESS_EVERY_S = 5.0
 
 
 class BookCache:
@@ -47,13 +61,21 @@ class BookCache:
         self.state = domain.BookState()
         self.dirty_accounts: set[UUID] = set()
         self.dirty_transfers: set[UUID] = set()
+        self.streams: StreamFilter | None = None
+        """Every stream ever stored in the book (None until :meth:`build_stream_filter`)."""
+        self.looked_up = 0
+        """Ids asked of the event store (those the filter could not rule out)."""
+        self.skipped = 0
+        """References to ids not in memory that the filter ruled out (no round trip)."""
         self._load_retry_max_ms = load_retry_max_ms
         self._stopping = stopping
 
     # -- at start ------------------------------------------------------------------------
 
     def load_tail(self, head: int) -> int:
-        """Load the open holds, then replay events after the watermark; return it."""
+        """Build the stream filter, load the open holds, then replay events after the
+        watermark; return the watermark."""
+        self.build_stream_filter(head)
         watermark = self.store.watermark()
         holds = [
             domain.Transfer.from_snapshot(data)
@@ -74,8 +96,42 @@ class BookCache:
         self.load(accounts, transfers, from_events=False)
         for event in events:
             domain.evolve(self.state, event)
-            self.mark_dirty(event)
+            self.applied(event)
         return watermark
+
+    def build_stream_filter(self, head: int) -> StreamFilter:
+        """Read every stream id of the book (one index-only scan, in pages) into a new
+        filter, sized for twice the ``head`` events (an event creates at most one
+        stream), and start using it. Call after recovery and before deciding."""
+        started = time.monotonic()
+        streams = StreamFilter(max(FILTER_CAPACITY_MIN, 2 * head))
+        after = ""
+        read = 0
+        report_at = started + PROGRESS_EVERY_S
+        while True:
+            page = self.store.stream_ids(after, STREAM_PAGE_ROWS)
+            streams.add_stream_ids(page)
+            read += len(page)
+            if len(page) < STREAM_PAGE_ROWS:
+                break
+            after = page[-1]
+            if time.monotonic() >= report_at:
+                report_at += PROGRESS_EVERY_S
+                _log.info(
+                    "stream filter: %d stream ids read (of at most %d) in %.1f s",
+                    read,
+                    head,
+                    time.monotonic() - started,
+                )
+        self.streams = streams
+        _log.info(
+            "stream filter: %d streams in %.1f s; %.1f MiB for %d ids of capacity",
+            streams.count,
+            time.monotonic() - started,
+            streams.size_bytes / (1 << 20),
+            streams.capacity,
+        )
+        return streams
 
     # -- before deciding -----------------------------------------------------------------
 
@@ -85,37 +141,64 @@ class BookCache:
         refers to without naming its accounts."""
         known_a = self.state.accounts
         known_t = self.state.transfers
-        accounts: set[UUID] = set()
-        transfers: set[UUID] = set()
+        accounts: list[UUID] = []
+        transfers: list[UUID] = []
         pending_ids: list[UUID] = []
+        create = domain.CreateTransfer
+        nil = domain.NIL_ID
         for c in commands:
+            if type(c) is create and c.pending_id is None:
+                # The hot path, without the generic calls: a single-phase or pending
+                # transfer refers to its own id and its two accounts (nil ones left out).
+                if c.id not in known_t:
+                    transfers.append(c.id)
+                a = c.debit_account_id
+                if a not in known_a and a != nil:
+                    accounts.append(a)
+                a = c.credit_account_id
+                if a not in known_a and a != nil:
+                    accounts.append(a)
+                continue
             for a in c.referenced_account_ids():
                 if a not in known_a:
-                    accounts.add(a)
+                    accounts.append(a)
             for t in c.referenced_transfer_ids():
                 if t not in known_t:
-                    transfers.add(t)
+                    transfers.append(t)
             pending_id = getattr(c, "pending_id", None)
             if pending_id is not None:
                 pending_ids.append(pending_id)
         if transfers:
-            self.load(set(), transfers, from_events=True)
+            self.load((), transfers, from_events=True)
         for pending_id in pending_ids:
             pending = known_t.get(pending_id)
             if pending is not None:
                 for a in (pending.debit_account_id, pending.credit_account_id):
                     if a not in known_a:
-                        accounts.add(a)
+                        accounts.append(a)
         if accounts:
-            self.load(accounts, set(), from_events=True)
+            self.load(accounts, (), from_events=True)
 
-    def load(self, accounts: set[UUID], transfers: set[UUID], from_events: bool) -> None:
-        """:meth:`_load_once`, retried with bounded back-off while PostgreSQL is away."""
+    def load(
+        self, accounts: Collection[UUID], transfers: Collection[UUID], from_events: bool
+    ) -> None:
+        """:meth:`_load_once` of the ids that may be stored, retried with bounded back-off
+        while PostgreSQL is away."""
+        streams = self.streams
+        if streams is None:
+            wanted_a, wanted_t = set(accounts), set(transfers)
+        else:
+            wanted_a = streams.accounts_maybe_stored(accounts) if accounts else set()
+            wanted_t = streams.transfers_maybe_stored(transfers) if transfers else set()
+            self.skipped += len(accounts) + len(transfers) - len(wanted_a) - len(wanted_t)
+        if not wanted_a and not wanted_t:
+            return
+        self.looked_up += len(wanted_a) + len(wanted_t)
         delay_s = 0.01
         attempt = 0
         while True:
             try:
-                self._load_once(accounts, transfers, from_events)
+                self._load_once(wanted_a, wanted_t, from_events)
                 return
             except EventStoreUnavailable as exc:
                 attempt += 1
@@ -155,14 +238,27 @@ class BookCache:
 
     # -- snapshots -----------------------------------------------------------------------
 
-    def mark_dirty(self, event: domain.Event) -> None:
-        """Remember what the event changed, for the next snapshot. Transfers that are
-        not holds never change after creation and are never snapshotted, so a plain
-        ``TransferCreated`` (the hot path) only marks its two accounts."""
+    def applied(self, event: domain.Event) -> None:
+        """Bookkeeping for an event that is now part of the state: the stream it creates
+        joins the filter (before the next batch is decided), and what it changed is
+        remembered for the next snapshot. Transfers that are not holds never change after
+        creation and are never snapshotted, so a plain ``TransferCreated`` (the hot path)
+        only marks its two accounts."""
+        streams = self.streams
         if type(event) is domain.TransferCreated and not event.flags.pending:
+            if streams is not None:
+                streams.add_transfer(event.transfer_id)
             self.dirty_accounts.add(event.debit_account_id)
             self.dirty_accounts.add(event.credit_account_id)
             return
+        if streams is not None:
+            created = created_record(event)
+            if created is not None:
+                is_account, record_id = created
+                if is_account:
+                    streams.add_account(record_id)
+                else:
+                    streams.add_transfer(record_id)
         accounts, transfers = event_references(event)
         self.dirty_accounts.update(accounts)
         self.dirty_transfers.update(transfers)

@@ -413,7 +413,7 @@ class LedgerNode:
     ) -> list[EventRecord]:
         pending: list[PendingRecord] = []
         ids = _random_uuids(sum(len(o.events) for o in outcomes))
-        mark = self.cache.mark_dirty
+        mark = self.cache.applied
         to_data = domain.event_to_data
         for outcome in outcomes:
             for event in outcome.events:

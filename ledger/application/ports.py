@@ -110,6 +110,11 @@ class EventStore(Protocol):
         self, stream_prefix: str, key: str, value: str
     ) -> list[dict[str, Any]]: ...
 
+    def stream_ids(self, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` ids of the book's streams (those with a version-1 event)
+        ordered after ``after``, in the store's order: page on with the last one."""
+        ...
+
     def watermark(self) -> int:
         """Position up to which the saved snapshots describe the state (0: none)."""
         ...
