@@ -96,7 +96,7 @@ class BookCache:
         self.load(accounts, transfers, from_events=False)
         for event in events:
             domain.evolve(self.state, event)
-            self.applied(event)
+            self.mark_dirty(event)  # stored events: the filter has their streams already
         return watermark
 
     def build_stream_filter(self, head: int) -> StreamFilter:
@@ -239,13 +239,12 @@ class BookCache:
     # -- snapshots -----------------------------------------------------------------------
 
     def applied(self, event: domain.Event) -> None:
-        """Bookkeeping for an event that is now part of the state: the stream it creates
-        joins the filter (before the next batch is decided), and what it changed is
-        remembered for the next snapshot. Transfers that are not holds never change after
-        creation and are never snapshotted, so a plain ``TransferCreated`` (the hot path)
-        only marks its two accounts."""
+        """Bookkeeping for an event the node decided: the stream it creates joins the
+        filter (before the next batch is decided), and what it changed is remembered for
+        the next snapshot."""
         streams = self.streams
         if type(event) is domain.TransferCreated and not event.flags.pending:
+            # The hot path, with mark_dirty's first case inlined.
             if streams is not None:
                 streams.add_transfer(event.transfer_id)
             self.dirty_accounts.add(event.debit_account_id)
@@ -259,6 +258,16 @@ class BookCache:
                     streams.add_account(record_id)
                 else:
                     streams.add_transfer(record_id)
+        self.mark_dirty(event)
+
+    def mark_dirty(self, event: domain.Event) -> None:
+        """Remember what the event changed, for the next snapshot. Transfers that are
+        not holds never change after creation and are never snapshotted, so a plain
+        ``TransferCreated`` (the hot path) only marks its two accounts."""
+        if type(event) is domain.TransferCreated and not event.flags.pending:
+            self.dirty_accounts.add(event.debit_account_id)
+            self.dirty_accounts.add(event.credit_account_id)
+            return
         accounts, transfers = event_references(event)
         self.dirty_accounts.update(accounts)
         self.dirty_transfers.update(transfers)

@@ -152,6 +152,39 @@ class EventStoreContract:
         unknown = uuid.uuid4()
         assert store.event_ids_exist([records[0].event_id, unknown]) == {records[0].event_id}
 
+    def test_stream_ids_page_through_every_created_stream_of_the_book(self) -> None:
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        created = make_records(7)
+        store.append_batch(created, epoch)
+        [second] = chain_records(  # a version-2 event creates no stream
+            [
+                PendingRecord(
+                    uuid.uuid4(), created[0].stream_id, 2, "PendingTransferExpired", 1, 9, {}
+                )
+            ],
+            8,
+            created[-1].hash,
+        )
+        store.append_batch([second], epoch)
+        other = self.make_other_book(store)
+        other.append_batch(make_records(3), other.acquire_lease("b"))
+        pages: list[list[str]] = []
+        after = ""
+        while True:
+            page = store.stream_ids(after, 3)
+            pages.append(page)
+            if len(page) < 3:
+                break
+            after = page[-1]
+        assert [len(p) for p in pages] == [3, 3, 1]
+        assert [s for p in pages for s in p] == sorted(r.stream_id for r in created)
+        assert store.stream_ids(max(r.stream_id for r in created), 10) == []
+
+    def make_other_book(self, store: EventStore) -> EventStore:
+        """A store of another book on the same database."""
+        raise NotImplementedError
+
 
 class EscapingContract(EventStoreContract):
     def test_data_with_escapes_and_unicode_round_trips(self) -> None:
@@ -177,6 +210,10 @@ class TestMemoryEventStore(EscapingContract):
         assert isinstance(store, MemoryEventStore)
         return MemoryEventStore(store.book_id, store.db)
 
+    def make_other_book(self, store: EventStore) -> EventStore:
+        assert isinstance(store, MemoryEventStore)
+        return MemoryEventStore(store.book_id + "-other", store.db)
+
 
 class TestPostgresEventStore(EscapingContract):
     @pytest.fixture(autouse=True)
@@ -196,6 +233,11 @@ class TestPostgresEventStore(EscapingContract):
         peer = PostgresEventStore(self.url, store.book_id)
         self.opened.append(peer)
         return peer
+
+    def make_other_book(self, store: EventStore) -> EventStore:
+        other = PostgresEventStore(self.url, store.book_id + "-other")
+        self.opened.append(other)
+        return other
 
 
 def test_memory_database_is_shared_between_peers() -> None:
