@@ -66,8 +66,14 @@ async def _forward(
 ) -> str | None:
     """Run the actions not yet done; None when all succeeded, else why to compensate."""
     for step in spec.steps:
-        if txn.call(step.step_id, "action").succeeded:
+        action = txn.call(step.step_id, "action")
+        if action.succeeded:
             continue
+        if action.failed and step.kind != "retriable":
+            # A recovered saga whose failure answer was durable but whose decision was
+            # not: the "no" is final, so sending the action again could only turn it
+            # into a late "yes" that the participant is not bound to repeat.
+            return f"action of step {step.step_id} ({step.kind}) failed: {action.detail}"
         result = await _act(rt, txn, step, first_recorded)
         first_recorded = False
         if result is CallResult.FAILURE:

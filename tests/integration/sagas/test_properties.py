@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ledger.adapters.memory import MemoryDatabase, MemoryEventLog, MemoryEventStore
@@ -169,6 +169,11 @@ def test_tcc_ends_as_the_rule_says_whatever_the_answers_and_the_restart(
     compensations=st.lists(phase2, min_size=4, max_size=4),
     stop_after=st.integers(0, 30),
 )
+# Stopped right after the first action's failure answer is durable, before the decision
+# (the stop is a position, and which one that is depends on how many events come first).
+@example(actions=[["F"], [], [], []], compensations=[[], [], [], []], stop_after=2)
+@example(actions=[["F"], [], [], []], compensations=[[], [], [], []], stop_after=3)
+@example(actions=[["S"], ["F"], [], []], compensations=[[], [], [], []], stop_after=5)
 def test_sagas_compensate_in_reverse_whatever_the_answers_and_the_restart(
     actions: list[list[str]], compensations: list[list[str]], stop_after: int
 ) -> None:
