@@ -80,12 +80,30 @@ def _copy_text(value: str) -> str:
     return value
 
 
+_UNSAFE_CHARACTERS = "{}\"\\ '"
+
+
 def _text_array(values: Sequence[str]) -> str:
-    """A PostgreSQL array literal of identifiers made of safe characters (no quoting)."""
-    for v in values:
-        if not v or any(c in v for c in ",{}\"\\ '") or v.upper() == "NULL":
-            raise ValueError(f"unsafe stream id {v!r}")
-    return "{" + ",".join(values) + "}"
+    """A PostgreSQL array literal of identifiers made of safe characters (no quoting).
+
+    Checked over the joined text, one substring search per unsafe character (a comma
+    inside an id shows as one comma too many; anything suspicious gets the exact check
+    per id): checking each id in Python cost about 1.5 µs per id, as much as
+    PostgreSQL's look-up of it."""
+    joined = ",".join(values)
+    if values and (
+        joined.count(",") != len(values) - 1
+        or not joined
+        or ",," in joined
+        or joined[0] == ","
+        or joined[-1] == ","
+        or any(c in joined for c in _UNSAFE_CHARACTERS)
+        or "null" in joined.lower()
+    ):
+        for v in values:
+            if not v or any(c in v for c in ",{}\"\\ '") or v.upper() == "NULL":
+                raise ValueError(f"unsafe stream id {v!r}")
+    return "{" + joined + "}"
 
 
 def _dsn(url: str) -> str:
