@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from ledger.adapters.memory import MemoryDatabase, MemoryEventStore
-from ledger.adapters.postgres import PostgresEventStore, SnapshotRow
+from ledger.adapters.postgres import PostgresEventStore, SnapshotRow, _text_array
 from ledger.application.errors import DuplicateEvent, LeaseHeld, LeaseLost
 from ledger.application.ports import EventStore
 from ledger.application.records import (
@@ -270,3 +270,32 @@ def test_postgres_store_loads_snapshots_and_creations_together(database_url: str
         _load_records_contract(store)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [""],
+        ["a", ""],
+        ["a,b"],
+        ["x", "a,b"],
+        ["NULL"],
+        ["a", "nUll"],
+        ["a b"],
+        ['a"'],
+        ["a{"],
+        ["a}"],
+        ["a\\b"],
+        ["a'"],
+        [",", ","],
+    ],
+)
+def test_postgres_store_refuses_ids_unsafe_in_an_array_literal(ids: list[str]) -> None:
+    with pytest.raises(ValueError, match="unsafe stream id"):
+        _text_array(ids)
+
+
+def test_postgres_store_array_literal_keeps_safe_ids_as_they_are() -> None:
+    ids = [f"transfer-{uuid.uuid4()}" for _ in range(100)] + ["account-null-ish", "nullx"]
+    assert _text_array(ids) == "{" + ",".join(ids) + "}"
+    assert _text_array([]) == "{}"
