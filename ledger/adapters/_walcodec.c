@@ -107,6 +107,30 @@ __attribute__((target("sse4.2"))) static uint32_t crc_sse42(uint32_t crc, const 
 }
 #endif
 
+#ifdef HAVE_X86_CRC
+/* Three independent CRCs at once: the crc32 instruction takes three cycles but a new one
+ * can start every cycle, so three streams of records keep it busy where one leaves it
+ * idle two cycles out of three. Each record has its own CRC, so no combining is needed. */
+__attribute__((target("sse4.2"))) static void crc_sse42_x3(const uint8_t *const p[3],
+                                                          const size_t n[3], uint32_t out[3]) {
+    size_t common = n[0] < n[1] ? n[0] : n[1];
+    common = (common < n[2] ? common : n[2]) & ~(size_t)7;
+    uint64_t c0 = 0xffffffffu, c1 = 0xffffffffu, c2 = 0xffffffffu;
+    for (size_t i = 0; i < common; i += 8) {
+        uint64_t w0, w1, w2;
+        memcpy(&w0, p[0] + i, 8);
+        memcpy(&w1, p[1] + i, 8);
+        memcpy(&w2, p[2] + i, 8);
+        c0 = _mm_crc32_u64(c0, w0);
+        c1 = _mm_crc32_u64(c1, w1);
+        c2 = _mm_crc32_u64(c2, w2);
+    }
+    out[0] = crc_sse42(~(uint32_t)c0, p[0] + common, n[0] - common);
+    out[1] = crc_sse42(~(uint32_t)c1, p[1] + common, n[1] - common);
+    out[2] = crc_sse42(~(uint32_t)c2, p[2] + common, n[2] - common);
+}
+#endif
+
 static uint32_t crc32c(uint32_t crc, const uint8_t *p, size_t n) {
 #ifdef HAVE_X86_CRC
     if (crc_hardware) {
@@ -223,6 +247,7 @@ typedef struct {
     const uint8_t *canonical;
     Py_ssize_t length;
     const uint8_t *hash;
+    uint8_t *frame;
 } Part;
 
 /* Checks that ``records`` continue the chain from (last_position, last_hash) and fills
@@ -266,7 +291,9 @@ static Py_ssize_t collect(PyObject **items, Py_ssize_t count, long long last_pos
     return total;
 }
 
-static void frame(const Part *parts, Py_ssize_t count, long long last_position, uint8_t *w) {
+/* Writes every record's frame, then fills in the CRCs (three at a time where the CPU has
+ * the crc32 instruction). ``parts[i].frame`` is set to the record's place in ``w``. */
+static void frame(Part *parts, Py_ssize_t count, long long last_position, uint8_t *w) {
     uint64_t first = (uint64_t)(last_position + 1);
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t length = parts[i].length;
@@ -281,8 +308,30 @@ static void frame(const Part *parts, Py_ssize_t count, long long last_position, 
         memset(payload + PAYLOAD_HEAD_BYTES + length, 0, (size_t)(padded - length));
         memcpy(payload + PAYLOAD_HEAD_BYTES + padded, parts[i].hash, HASH_BYTES);
         put_u32(w, payload_length);
-        put_u32(w + 4, crc32c(0, payload, payload_length));
+        parts[i].frame = w;
         w += FRAME_BYTES + payload_length;
+    }
+    Py_ssize_t i = 0;
+#ifdef HAVE_X86_CRC
+    if (crc_hardware) {
+        for (; i + 3 <= count; i += 3) {
+            const uint8_t *p[3];
+            size_t n[3];
+            uint32_t out[3];
+            for (int k = 0; k < 3; k++) {
+                p[k] = parts[i + k].frame + FRAME_BYTES;
+                n[k] = get_u32(parts[i + k].frame);
+            }
+            crc_sse42_x3(p, n, out);
+            for (int k = 0; k < 3; k++) {
+                put_u32(parts[i + k].frame + 4, out[k]);
+            }
+        }
+    }
+#endif
+    for (; i < count; i++) {
+        uint8_t *f = parts[i].frame;
+        put_u32(f + 4, crc32c(0, f + FRAME_BYTES, get_u32(f)));
     }
 }
 
