@@ -62,7 +62,7 @@ from ledger.sagas.journal import (
     RetryRequested,
     TransactionFinished,
     TransactionStarted,
-    event_from_record,
+    events_from_record,
     stream_id,
 )
 from ledger.sagas.metrics import CoordinatorMetrics
@@ -425,7 +425,7 @@ class Coordinator:
         for name in names:
             records = found.get(name)
             if records:
-                events = [event_from_record(r) for r in records]
+                events = [e for r in records for e in events_from_record(r)]
                 return replay(events), events
         return None
 

@@ -16,6 +16,23 @@ Records are chained (positions, hashes, stream versions) in the order :meth:`rec
 called, on the event loop, so versions never go backwards even when many tasks write
 one stream.
 
+One record per write. The events of one :meth:`Journal.record` call (one transaction's
+step: e.g. ``TransactionStarted`` with the first ``CallStarted`` of every branch, or the
+held answers, ``TransactionDecided`` and the phase-two ``CallStarted`` events) become one
+record: the event itself when there is one, else an ``EventGroup`` record whose ``data``
+is ``{"events": [{"type": ..., **fields}, ...]}`` in order. A TCC transaction whose calls
+all succeed at once is then three records instead of eleven, and each record costs an
+event id, an envelope, a hash, a WAL frame and a PostgreSQL row with three index entries
+whatever its size. Recovery stays exact because grouping changes no order and no
+boundary: the events of one write were always appended, fsynced and inserted as part of
+one batch and acknowledged together, so everything that had to be durable before a call
+went out (the transaction with every branch's cancel target, each ``CallStarted``, the
+decision) still is, by the same ``await``. A record is all or nothing, so the states a
+crash can leave are a subset of the former ones (then, a torn WAL tail could keep the
+first events of a write without the rest; now it keeps the whole write or none of it).
+:func:`events_from_record` reads both forms, so journals written one event per record
+replay unchanged.
+
 Snapshots: every ``snapshot_every_events`` events the batch carries one snapshot row, the
 list of streams still open (started, not finished) as of the batch's last position, saved
 with that position as the book's watermark in the same PostgreSQL transaction. Recovery
@@ -31,7 +48,9 @@ Crash points (**test only**): ``LEDGER_COORDINATOR_CRASH_POINT`` makes the proce
 itself with SIGKILL right after a matching event became durable, so tests can stop the
 coordinator at an exact step boundary. Syntax ``TYPE[:OP][@N][/wal]``: the N-th (default
 first) event of type TYPE (with ``op`` OP for calls) since the process started; ``/wal``
-kills it after the WAL fsync and before the PostgreSQL insert. Unset in production.
+kills it after the WAL fsync and before the PostgreSQL insert. The events inside an
+``EventGroup`` count one by one, so a point names the same boundary whether or not its
+event shares a record. Unset in production.
 """
 
 from __future__ import annotations
@@ -54,6 +73,7 @@ from ledger.application.records import EventRecord, PendingRecord, chain_records
 
 __all__ = [
     "CRASH_POINT_ENV",
+    "EVENT_GROUP",
     "OPEN_STREAMS_SNAPSHOT",
     "UPCASTERS",
     "CallFinished",
@@ -68,6 +88,8 @@ __all__ = [
     "TransactionStarted",
     "event_from_record",
     "event_to_data",
+    "events_from_record",
+    "record_data",
     "stream_id",
 ]
 
@@ -75,6 +97,8 @@ _log = logging.getLogger(__name__)
 
 CRASH_POINT_ENV: Final = "LEDGER_COORDINATOR_CRASH_POINT"
 OPEN_STREAMS_SNAPSHOT: Final = "$coordinator-open-streams"
+EVENT_GROUP: Final = "EventGroup"
+"""The record type of a write of several events (module docstring)."""
 SCHEMA_VERSION: Final = 1
 
 Kind = Literal["tcc", "saga"]
@@ -192,21 +216,57 @@ def event_to_data(event: CoordinatorEvent) -> dict[str, Any]:
     return {name: getattr(event, name) for name in event.__slots__ if name != "type"}
 
 
-def event_from_record(record: EventRecord) -> CoordinatorEvent:
-    """Rebuild an event from a stored record, upcasting older schema versions."""
-    cls = _CLASSES.get(record.type)
+def record_data(events: list[CoordinatorEvent]) -> tuple[str, dict[str, Any]]:
+    """The record type and ``data`` of one write (one event, or an ``EventGroup``)."""
+    if len(events) == 1:
+        return events[0].type, event_to_data(events[0])
+    return EVENT_GROUP, {"events": [{"type": e.type, **event_to_data(e)} for e in events]}
+
+
+def _event(position: int, type_: str, version: int, data: Mapping[str, Any]) -> CoordinatorEvent:
+    cls = _CLASSES.get(type_)
     if cls is None:
-        raise JournalFailed(f"position {record.position}: unknown event type {record.type!r}")
-    data: Mapping[str, Any] = record.data
-    version = record.schema_version
+        raise JournalFailed(f"position {position}: unknown event type {type_!r}")
     while version < SCHEMA_VERSION:
-        data = UPCASTERS[(record.type, version)](data)
+        data = UPCASTERS[(type_, version)](data)
         version += 1
     try:
         event: CoordinatorEvent = cls(**data)
     except TypeError as exc:
-        raise JournalFailed(f"position {record.position}: bad {record.type} data: {exc}") from exc
+        raise JournalFailed(f"position {position}: bad {type_} data: {exc}") from exc
     return event
+
+
+def events_from_record(record: EventRecord) -> list[CoordinatorEvent]:
+    """The events of one stored record (one, or the members of an ``EventGroup``, in
+    order), upcasting older schema versions (the envelope's version applies to each)."""
+    if record.type != EVENT_GROUP:
+        return [_event(record.position, record.type, record.schema_version, record.data)]
+    members = record.data.get("events")
+    if not isinstance(members, list) or not members:
+        raise JournalFailed(f"position {record.position}: {EVENT_GROUP} without events")
+    out = []
+    for member in members:
+        fields = dict(member)
+        type_ = fields.pop("type", None)
+        out.append(_event(record.position, str(type_), record.schema_version, fields))
+    return out
+
+
+def event_from_record(record: EventRecord) -> CoordinatorEvent:
+    """Rebuild the event of a single-event record (see :func:`events_from_record`)."""
+    events = events_from_record(record)
+    if len(events) != 1:
+        raise JournalFailed(f"position {record.position}: {len(events)} events in one record")
+    return events[0]
+
+
+def _types_and_ops(record: EventRecord) -> Iterator[tuple[str, Any]]:
+    if record.type != EVENT_GROUP:
+        yield record.type, record.data.get("op")
+        return
+    for member in record.data.get("events", ()):
+        yield member.get("type"), member.get("op")
 
 
 # -- crash points (test only) ---------------------------------------------------------------
@@ -243,12 +303,13 @@ class CrashPoint:
         return cls.parse(text) if text else None
 
     def hit(self, records: Iterable[EventRecord]) -> bool:
+        hit = False
         for r in records:
-            if r.type == self.type and (self.op is None or r.data.get("op") == self.op):
-                self.seen += 1
-                if self.seen == self.nth:
-                    return True
-        return False
+            for type_, op in _types_and_ops(r):
+                if type_ == self.type and (self.op is None or op == self.op):
+                    self.seen += 1
+                    hit = hit or self.seen == self.nth
+        return hit
 
     def crash(self) -> None:
         _log.critical("crash point %s reached: killing the process", self)
@@ -337,11 +398,12 @@ class Journal:
             snap = store.load_snapshots([OPEN_STREAMS_SNAPSHOT]).get(OPEN_STREAMS_SNAPSHOT, {})
             names = list(snap.get("streams", ()))
             for name, records in store.read_streams(names).items():
-                streams[name] = [event_from_record(r) for r in records if r.position <= watermark]
+                streams[name] = [
+                    e for r in records if r.position <= watermark for e in events_from_record(r)
+                ]
                 self._versions[name] = records[-1].stream_version if records else 0
         for record in store.read_positions(watermark + 1, head):
-            event = event_from_record(record)
-            streams.setdefault(record.stream_id, []).append(event)
+            streams.setdefault(record.stream_id, []).extend(events_from_record(record))
             self._versions[record.stream_id] = record.stream_version
         for name in [n for n, events in streams.items() if not events or _finished(events)]:
             del streams[name]
@@ -440,30 +502,27 @@ class Journal:
 
     def _chain(self, entries: list[_Entry]) -> list[EventRecord]:
         now_us = self._clock_us()
-        total = sum(len(e.events) for e in entries)
-        ids = random_uuids(total)
+        ids = random_uuids(len(entries))
         pending: list[PendingRecord] = []
         for entry in entries:
             if entry.stream not in self._versions:
                 raise JournalFailed(f"stream {entry.stream} was written after it finished")
-            version = self._versions[entry.stream]
-            for event in entry.events:
-                version += 1
-                pending.append(
-                    PendingRecord(
-                        next(ids),
-                        entry.stream,
-                        version,
-                        event.type,
-                        SCHEMA_VERSION,
-                        now_us,
-                        event_to_data(event),
-                    )
-                )
-                if event.type == "TransactionFinished":
-                    self._versions.pop(entry.stream)
-                    self._finishing.discard(entry.stream)
-                    break
+            events = entry.events
+            finished = next(
+                (i for i, e in enumerate(events) if e.type == "TransactionFinished"), None
+            )
+            if finished is not None:
+                events = events[: finished + 1]  # nothing is written after the end
+            if not events:
+                continue
+            version = self._versions[entry.stream] + 1
+            type_, data = record_data(events)
+            pending.append(
+                PendingRecord(next(ids), entry.stream, version, type_, SCHEMA_VERSION, now_us, data)
+            )
+            if finished is not None:
+                self._versions.pop(entry.stream)
+                self._finishing.discard(entry.stream)
             else:
                 self._versions[entry.stream] = version
         records = chain_records(pending, self._next_position, self._last_hash)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from ledger.adapters.memory import MemoryDatabase, MemoryEventLog, MemoryEventStore
 from ledger.sagas.coordinator import Coordinator, CoordinatorConfig
-from ledger.sagas.journal import event_from_record
+from ledger.sagas.journal import events_from_record
 from ledger.sagas.runtime import RuntimeConfig
 from ledger.sagas.specs import SagaSpec, TccSpec
 from ledger.sagas.state import replay
@@ -94,7 +94,7 @@ async def run(
     await second.wait(gid, 30)
     await second.close()
     records = [r for r in log.read() if r.stream_id.endswith(gid)]
-    events = [event_from_record(r) for r in records]
+    events = [e for r in records for e in events_from_record(r)]
     final = replay(events)
     return {"status": final.status, "versions": [r.stream_version for r in records]}, events
 

@@ -7,17 +7,30 @@ import asyncio
 import random
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import orjson
 import pytest
 
+from ledger.application.records import GENESIS_HASH, EventRecord, PendingRecord, chain_records
 from ledger.sagas.http import CallFailed, CallTimeout, FastPoster, HttpxPoster
-from ledger.sagas.journal import CrashPoint
+from ledger.sagas.journal import (
+    EVENT_GROUP,
+    CallFinished,
+    CallStarted,
+    CoordinatorEvent,
+    CrashPoint,
+    TransactionDecided,
+    TransactionStarted,
+    events_from_record,
+    record_data,
+)
 from ledger.sagas.protocol import Backoff, CallResult, build_request, classify
 from ledger.sagas.runtime import ManualClock
 from ledger.sagas.specs import SagaSpec, TccSpec, redact_headers
+from ledger.sagas.state import replay
 
 
 @pytest.mark.parametrize(
@@ -85,6 +98,76 @@ def test_crash_points_parse_and_match() -> None:
     )
     with pytest.raises(ValueError, match="expected TYPE"):
         CrashPoint.parse("Nonsense")
+
+
+def _records(writes: list[list[CoordinatorEvent]]) -> list[EventRecord]:
+    pending = []
+    for version, events in enumerate(writes, 1):
+        type_, data = record_data(events)
+        pending.append(PendingRecord(uuid.uuid4(), "tcc-g", version, type_, 1, 0, data))
+    return chain_records(pending, 1, GENESIS_HASH)
+
+
+def _tcc_writes() -> list[list[CoordinatorEvent]]:
+    url = "http://p/{gid}/{branch_id}"
+    spec = {
+        "gid": "g",
+        "branches": [
+            {"branch_id": b, "try_url": url, "confirm_url": url, "cancel_url": url}
+            for b in ("b1", "b2")
+        ],
+    }
+    tries = [CallStarted(gid="g", branch_id=b, op="try", attempt=1, at_us=1) for b in ("b1", "b2")]
+    answers: list[CoordinatorEvent] = [
+        CallFinished(
+            gid="g",
+            branch_id=b,
+            op="try",
+            attempt=1,
+            result="success",
+            status_code=200,
+            detail="{}",
+            at_us=2,
+        )
+        for b in ("b1", "b2")
+    ]
+    confirms = [
+        CallStarted(gid="g", branch_id=b, op="confirm", attempt=1, at_us=3) for b in ("b1", "b2")
+    ]
+    decided = TransactionDecided(gid="g", decision="confirm", reason="ok", at_us=3)
+    started = TransactionStarted(gid="g", kind="tcc", spec=spec, deadline_us=9, at_us=1)
+    return [[started, *tries], [*answers, decided, *confirms], [confirms[0]]]
+
+
+def test_one_write_is_one_record_and_reads_back_as_its_events() -> None:
+    writes = _tcc_writes()
+    grouped = _records(writes)
+    assert [r.type for r in grouped] == [EVENT_GROUP, EVENT_GROUP, "CallStarted"]
+    events = [e for r in grouped for e in events_from_record(r)]
+    assert events == [e for w in writes for e in w]
+    # a journal written one event per record (before grouping) replays to the same state
+    single = _records([[e] for e in events])
+    assert [e for r in single for e in events_from_record(r)] == events
+    assert replay(events) == replay([e for r in single for e in events_from_record(r)])
+
+
+@pytest.mark.parametrize(
+    ("point", "record"),
+    [
+        ("TransactionStarted", 0),
+        ("CallStarted:try@2", 0),
+        ("CallFinished:try@2", 1),
+        ("TransactionDecided", 1),
+        ("CallStarted:confirm@2", 1),
+        ("CallStarted:confirm@3", 2),
+    ],
+)
+def test_crash_points_count_the_events_inside_a_record(point: str, record: int) -> None:
+    """A crash point names an event, whichever record carries it: the process dies
+    after the batch holding the record that holds that event."""
+    crash = CrashPoint.parse(point)
+    hits = [crash.hit([r]) for r in _records(_tcc_writes())]
+    assert hits.index(True) == record and hits.count(True) == 1
 
 
 def test_manual_clock_wakes_sleepers_when_moved() -> None:
