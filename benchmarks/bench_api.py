@@ -8,6 +8,11 @@ so the generator is not the bottleneck; it runs on the same 2 cores, which it sh
 the server and PostgreSQL. The batch load is 4 concurrent httpx clients posting
 pre-serialised 1 000-transfer bodies.
 
+Every run also prints the server's CPU time per request (or per transfer), read from
+``/proc`` (Linux): on the event-loop thread, which does all the HTTP work and is what
+bounds one process, and in the whole process (the node's threads share the interpreter
+lock with it).
+
 Run: ``python -m benchmarks.bench_api [--quick]``.
 """
 
@@ -59,6 +64,51 @@ end
 """
 
 
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of every thread of ``pid``; empty where ``/proc`` is
+    missing."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[int, float] = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+class CpuMeter:
+    """CPU the server spends between ``start`` and ``stop``: on its main (event-loop)
+    thread and in the whole process."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before: dict[int, float] = {}
+        self.loop_s = self.process_s = 0.0
+
+    def start(self) -> None:
+        self.before = thread_cpu_s(self.pid)
+
+    def stop(self) -> None:
+        after = thread_cpu_s(self.pid)
+        self.loop_s = after.get(self.pid, 0.0) - self.before.get(self.pid, 0.0)
+        self.process_s = sum(after.values()) - sum(self.before.get(tid, 0.0) for tid in after)
+
+    def per(self, count: float) -> str:
+        if count <= 0 or self.process_s <= 0:
+            return "CPU per item not measured"
+        return (
+            f"CPU per item: loop thread {self.loop_s / count * 1e6:.0f} us, "
+            f"process {self.process_s / count * 1e6:.0f} us"
+        )
+
+
 def start_server(url: str, wal_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -93,23 +143,30 @@ def open_accounts(base: str, token: str, count: int) -> list[str]:
     return ids
 
 
-def run_wrk(base: str, token: str, ids: list[str], seconds: int) -> tuple[float, float, float]:
+def run_wrk(
+    base: str, token: str, ids: list[str], seconds: int, meter: CpuMeter
+) -> tuple[float, float, float, str]:
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(LUA % (",".join(f'"{i}"' for i in ids[:1000]), token))
+    meter.start()
     out = subprocess.run(
         ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", "-s", str(script), base],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    meter.stop()
     script.unlink()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         print(f"  wrk saw {errors.group(1)} non-2xx responses", flush=True)
-    return rps, p50, p99
+    cpu = meter.per(count)
+    print(f"  run: {rps:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms; {cpu}", flush=True)
+    return rps, p50, p99, cpu
 
 
 def _ms(text: str) -> float:
@@ -117,7 +174,7 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-async def run_batches(base: str, token: str, ids: list[str], batches: int) -> float:
+def batch_bodies(ids: list[str], batches: int) -> list[bytes]:
     bodies = []
     for _ in range(batches):
         items = []
@@ -137,6 +194,10 @@ async def run_batches(base: str, token: str, ids: list[str], batches: int) -> fl
                 }
             )
         bodies.append(orjson.dumps({"transfers": items}))
+    return bodies
+
+
+async def run_batches(base: str, token: str, bodies: list[bytes], meter: CpuMeter) -> float:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as client:
         queue = list(bodies)
@@ -147,16 +208,26 @@ async def run_batches(base: str, token: str, ids: list[str], batches: int) -> fl
                 r = await client.post("/v1/transfers", content=body)
                 r.raise_for_status()
 
+        meter.start()
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(4)))
-        return batches * 1000 / (time.perf_counter() - t0)
+        rate = len(bodies) * 1000 / (time.perf_counter() - t0)
+        meter.stop()
+    print(f"  run: {rate:,.0f} transfers/s; {meter.per(len(bodies) * 1000)}", flush=True)
+    return rate
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_api", description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--phases",
+        default="single,batch",
+        help="comma-separated: single (wrk, 64 connections), batch (1000-transfer bodies)",
+    )
     args = parser.parse_args(argv)
+    phases = set(args.phases.split(","))
     runs = 1 if args.quick else args.runs
     seconds = 3 if args.quick else 10
     batches = 10 if args.quick else 40
@@ -176,11 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             keys.close()
             port = free_port()
             server = start_server(db, Path(tmp), port)
+            meter = CpuMeter(server.pid)
             base = f"http://127.0.0.1:{port}"
             try:
                 ids = open_accounts(base, token, 1000)
-                if shutil.which("wrk"):
-                    figures = [run_wrk(base, token, ids, seconds) for _ in range(runs)]
+                if "single" in phases and shutil.which("wrk"):
+                    figures = [run_wrk(base, token, ids, seconds, meter) for _ in range(runs)]
                     rps = statistics.median(f[0] for f in figures)
                     p50 = statistics.median(f[1] for f in figures)
                     p99 = statistics.median(f[2] for f in figures)
@@ -189,14 +261,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
                         flush=True,
                     )
-                else:
+                elif "single" in phases:
                     print("wrk not installed (apt-get install wrk): single-transfer load skipped")
-                rates = [asyncio.run(run_batches(base, token, ids, batches)) for _ in range(runs)]
-                print(
-                    f"1000-transfer batches, 4 clients: {statistics.median(rates):,.0f} "
-                    f"transfers/s",
-                    flush=True,
-                )
+                if "batch" in phases:
+                    rates = [
+                        asyncio.run(run_batches(base, token, batch_bodies(ids, batches), meter))
+                        for _ in range(runs)
+                    ]
+                    print(
+                        f"1000-transfer batches, 4 clients: {statistics.median(rates):,.0f} "
+                        f"transfers/s",
+                        flush=True,
+                    )
             finally:
                 server.terminate()
                 server.wait(30)
