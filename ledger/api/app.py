@@ -10,7 +10,6 @@ PostgreSQL away; nothing of the request was acknowledged, retry with the same id
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,16 +18,19 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import orjson
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from starlette.datastructures import URL
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger import domain
 from ledger.api.auth import ApiKey, KeyStore
+from ledger.api.fast import Call, Endpoint, FastPath, new_request_id
 from ledger.api.idempotency import KEY_LENGTH_MAX, IdempotencyStore, body_digest
 from ledger.api.metrics import ApiMetrics
 from ledger.api.problems import (
@@ -40,12 +42,12 @@ from ledger.api.problems import (
     problem_response,
 )
 from ledger.api.security import bearer_key
-from ledger.api.tcc import register_tcc_routes
+from ledger.api.tcc import IDENT_PATTERN, TccOperations, TccTryRequest, register_tcc_routes
 from ledger.application.errors import NodeStopped, Overloaded, Retriable
 from ledger.application.node import LedgerNode
 from ledger.logs import request_id
 
-__all__ = ["BATCH_ITEMS_MAX", "ApiContext", "create_app"]
+__all__ = ["BATCH_ITEMS_MAX", "ApiContext", "LedgerApi", "create_app"]
 
 BATCH_ITEMS_MAX = 8190
 POST_VOID_NAMESPACE = uuid.UUID("4f3c7a52-7d0e-4c56-9c55-1f0d8e0a7b11")
@@ -63,6 +65,9 @@ class ApiContext:
     node: LedgerNode | None = None
     close_node_on_shutdown: bool = True
     read_models: Any = None
+    fast_path: bool = True
+    """Answer the hot endpoints' common case in pure ASGI (``ledger.api.fast``); off,
+    FastAPI answers everything (the tests compare the two)."""
     on_shutdown: list[Callable[[], None]] = field(default_factory=list)
     """Run last at shutdown, inside the server: uvicorn re-raises SIGTERM after its
     shutdown, so code after ``uvicorn.run`` (or atexit) may never run."""
@@ -256,7 +261,7 @@ class EdgeMiddleware:
                 return
             if name == b"x-request-id":
                 rid = value.decode("latin-1")[:64]
-        rid = rid or os.urandom(8).hex()
+        rid = rid or new_request_id()
         token = request_id.set(rid)
         t0 = time.perf_counter()
         status = [500]
@@ -283,9 +288,9 @@ class EdgeMiddleware:
             request_id.reset(token)
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, path, str(status[0])).inc()
-            self.metrics.request_seconds.labels(method, path).observe(time.perf_counter() - t0)
+            self.metrics.observe_request(
+                scope.get("method", ""), path, status[0], time.perf_counter() - t0
+            )
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
@@ -297,7 +302,23 @@ class EdgeMiddleware:
 # -- the app ----------------------------------------------------------------------------
 
 
-def create_app(ctx: ApiContext) -> FastAPI:
+class LedgerApi(FastAPI):
+    """The FastAPI app with :class:`~ledger.api.fast.FastPath` in front of it: the hot
+    endpoints' common case is answered before FastAPI's own stack is entered."""
+
+    fast: FastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast
+        if fast is not None and scope["type"] == "http":
+            hit = fast.match(scope)
+            if hit is not None:
+                await fast.serve(hit[0], hit[1], scope, receive, send, super().__call__)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(ctx: ApiContext) -> LedgerApi:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if ctx.node is None:
@@ -313,7 +334,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             for close in ctx.on_shutdown:
                 await asyncio.to_thread(close)
 
-    app = FastAPI(
+    app = LedgerApi(
         title="eventledger",
         version="0.1.0",
         description="Event-sourced double-entry ledger: accounts, transfers, pending transfers.",
@@ -325,11 +346,53 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.add_middleware(EdgeMiddleware, limit_bytes=ctx.body_size_max_bytes, metrics=ctx.metrics)
 
     handlers = _Handlers(ctx)
+    tcc = TccOperations(handlers.submit)
     _command_routes(app, handlers)
     _read_routes(app, handlers)
     _operation_routes(app, handlers)
-    register_tcc_routes(app, handlers.submit, handlers.require("write"))
+    register_tcc_routes(app, tcc, handlers.require("write"))
+    if ctx.fast_path:
+        app.fast = _fast_path(ctx, handlers, tcc)
     return app
+
+
+def _fast_path(ctx: ApiContext, h: _Handlers, tcc: TccOperations) -> FastPath:
+    """The hot endpoints, each running what its route runs."""
+
+    async def transfers(body: TransfersRequest, _: tuple[str, ...], call: Call) -> Response:
+        return await h.idempotent_call(call, lambda: h.create_transfers(body))
+
+    async def accounts(body: AccountsRequest, _: tuple[str, ...], call: Call) -> Response:
+        return await h.idempotent_call(call, lambda: h.open_accounts(body))
+
+    async def tcc_try(body: TccTryRequest, params: tuple[str, ...], _: Call) -> Response:
+        return await tcc.try_(params[0], params[1], body)
+
+    async def tcc_confirm(_: None, params: tuple[str, ...], __: Call) -> Response:
+        return await tcc.confirm(params[0], params[1])
+
+    async def tcc_cancel(_: None, params: tuple[str, ...], __: Call) -> Response:
+        return await tcc.cancel(params[0], params[1])
+
+    tcc_route = "/v1/tcc/{gid}/{branch_id}/"
+    return FastPath(
+        limit_bytes=ctx.body_size_max_bytes,
+        metrics=ctx.metrics,
+        authorize=h.require("write"),
+        exact={
+            "/v1/transfers": Endpoint("/v1/transfers", TypeAdapter(TransfersRequest), transfers),
+            "/v1/accounts": Endpoint("/v1/accounts", TypeAdapter(AccountsRequest), accounts),
+        },
+        tcc={
+            "try": Endpoint(tcc_route + "try", TypeAdapter(TccTryRequest), tcc_try),
+            "confirm": Endpoint(tcc_route + "confirm", None, tcc_confirm),
+            "cancel": Endpoint(tcc_route + "cancel", None, tcc_cancel),
+        },
+        ident_pattern=IDENT_PATTERN,
+    )
+
+
+Run = Callable[[], Awaitable[tuple[int, Any]]]
 
 
 class _Handlers:
@@ -370,24 +433,40 @@ class _Handlers:
             raise ApiProblem(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
         except NodeStopped as exc:
             raise ApiProblem(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
-        for o in outcomes:
-            self.ctx.metrics.outcomes.labels(o.status, str(o.code or "")).inc()
+        self.ctx.metrics.count_outcomes(outcomes)
         return outcomes
 
-    async def idempotent(
-        self,
-        request: Request,
-        key: str | None,
-        run: Callable[[], Awaitable[tuple[int, Any]]],
-    ) -> Response:
+    async def open_accounts(self, body: AccountsRequest) -> tuple[int, Any]:
+        outcomes = await self.submit(list(body.accounts))
+        return 200, self.results([a.id for a in body.accounts], outcomes)
+
+    async def create_transfers(self, body: TransfersRequest) -> tuple[int, Any]:
+        outcomes = await self.submit(list(body.transfers))
+        return 200, self.results([t.id for t in body.transfers], outcomes)
+
+    async def idempotent(self, request: Request, key: str | None, run: Run) -> Response:
         if key is None:
-            status, body = await run()
-            return JsonResponse(body, status_code=status)
+            return _json(*await run())
+        body = await request.body()
+        return await self._idempotent(key, lambda: (request.method, request.url.path), body, run)
+
+    async def idempotent_call(self, call: Call, run: Run) -> Response:
+        """:meth:`idempotent` for the fast path (same checks, same digest)."""
+        if call.idempotency_key is None:
+            return _json(*await run())
+        scope = call.scope
+        return await self._idempotent(
+            call.idempotency_key, lambda: (scope["method"], URL(scope=scope).path), call.body, run
+        )
+
+    async def _idempotent(
+        self, key: str, target: Callable[[], tuple[str, str]], body: bytes, run: Run
+    ) -> Response:
         if not key or len(key) > KEY_LENGTH_MAX:
             raise ApiProblem(
                 422, "invalid_idempotency_key", f"Idempotency-Key must be 1..{KEY_LENGTH_MAX} chars"
             )
-        digest = body_digest(request.method, request.url.path, await request.body())
+        digest = body_digest(*target(), body)
         stored = await asyncio.to_thread(self.ctx.idempotency.get, key)
         if stored is not None:
             if stored.digest != digest:
@@ -396,27 +475,39 @@ class _Handlers:
                     "idempotency_key_reused",
                     f"Idempotency-Key {key!r} was used with a different request",
                 )
-            response = JsonResponse(stored.body, status_code=stored.status_code)
-            response.headers["idempotent-replayed"] = "true"
-            return response
-        status, body = await run()
-        await asyncio.to_thread(self.ctx.idempotency.put, key, digest, status, body)
-        return JsonResponse(body, status_code=status)
+            replayed = JsonResponse(stored.body, status_code=stored.status_code)
+            replayed.headers["idempotent-replayed"] = "true"
+            return replayed
+        status, content = await run()
+        response = _json(status, content)
+        # Stored as plain JSON values (the ids as strings), exactly what was sent.
+        stored_body = orjson.loads(response.body)
+        await asyncio.to_thread(self.ctx.idempotency.put, key, digest, status, stored_body)
+        return response
 
     @staticmethod
     def results(ids: list[UUID | None], outcomes: list[domain.CommandOutcome]) -> dict[str, Any]:
-        out = []
+        """One result per item. Ids stay ``UUID`` objects: orjson writes them in their
+        canonical text (as ``str`` would), without a Python call per item."""
+        out: list[dict[str, Any]] = []
         for i, (item_id, o) in enumerate(zip(ids, outcomes, strict=True)):
-            r: dict[str, Any] = {
-                "index": i,
-                "id": str(item_id) if item_id else None,
-                "status": o.status,
-            }
-            if o.code is not None:
-                r["code"] = str(o.code)
-                r["detail"] = o.detail
-            out.append(r)
+            if o.code is None:
+                out.append({"index": i, "id": item_id, "status": o.status})
+            else:
+                out.append(
+                    {
+                        "index": i,
+                        "id": item_id,
+                        "status": o.status,
+                        "code": str(o.code),
+                        "detail": o.detail,
+                    }
+                )
         return {"results": out}
+
+
+def _json(status: int, content: Any) -> Response:
+    return JsonResponse(content, status_code=status)
 
 
 def _command_routes(app: FastAPI, h: _Handlers) -> None:
@@ -432,12 +523,7 @@ def _command_routes(app: FastAPI, h: _Handlers) -> None:
     async def open_accounts(
         body: AccountsRequest, request: Request, idempotency_key: IdemKey = None
     ) -> Response:
-        async def run() -> tuple[int, Any]:
-            commands: list[domain.Command] = list(body.accounts)
-            outcomes = await submit(commands)
-            return 200, results([a.id for a in body.accounts], outcomes)
-
-        return await idempotent(request, idempotency_key, run)
+        return await idempotent(request, idempotency_key, lambda: h.open_accounts(body))
 
     @app.post(
         "/v1/transfers",
@@ -448,12 +534,7 @@ def _command_routes(app: FastAPI, h: _Handlers) -> None:
     async def create_transfers(
         body: TransfersRequest, request: Request, idempotency_key: IdemKey = None
     ) -> Response:
-        async def run() -> tuple[int, Any]:
-            commands: list[domain.Command] = list(body.transfers)
-            outcomes = await submit(commands)
-            return 200, results([t.id for t in body.transfers], outcomes)
-
-        return await idempotent(request, idempotency_key, run)
+        return await idempotent(request, idempotency_key, lambda: h.create_transfers(body))
 
     async def resolve(pending_id: UUID, body: ResolvePendingRequest, kind: str) -> dict[str, Any]:
         transfer_id = body.id or uuid.uuid5(POST_VOID_NAMESPACE, f"{kind}:{pending_id}")

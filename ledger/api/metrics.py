@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ApiMetrics"]
@@ -48,3 +52,36 @@ class ApiMetrics:
         self.outcomes = Counter(
             "ledger_command_outcomes", "Command outcomes", ["status", "code"], registry=r
         )
+        # Label children by label values: ``labels()`` costs a lock, a tuple of
+        # str() and a dict probe per call, which shows per request and per outcome.
+        self._requests_by: dict[tuple[str, str, int], Any] = {}
+        self._seconds_by: dict[tuple[str, str], Any] = {}
+        self._outcomes_by: dict[tuple[str, Any], Any] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        counter = self._requests_by.get((method, route, status))
+        if counter is None:
+            counter = self.requests.labels(method, route, str(status))
+            self._requests_by[(method, route, status)] = counter
+        counter.inc()
+        histogram = self._seconds_by.get((method, route))
+        if histogram is None:
+            histogram = self.request_seconds.labels(method, route)
+            self._seconds_by[(method, route)] = histogram
+        histogram.observe(seconds)
+
+    def count_outcomes(self, outcomes: Sequence[Any]) -> None:
+        """Count command outcomes by status and rejection code (once per distinct pair)."""
+        if len(outcomes) == 1:
+            self._outcome_counter(outcomes[0].status, outcomes[0].code).inc()
+            return
+        for (status, code), n in Tally((o.status, o.code) for o in outcomes).items():
+            self._outcome_counter(status, code).inc(n)
+
+    def _outcome_counter(self, status: str, code: Any) -> Any:
+        counter = self._outcomes_by.get((status, code))
+        if counter is None:
+            counter = self.outcomes.labels(status, str(code or ""))
+            self._outcomes_by[(status, code)] = counter
+        return counter

@@ -26,14 +26,21 @@ from starlette.responses import Response
 from ledger import domain
 from ledger.api.problems import JsonResponse
 
-__all__ = ["TCC_NAMESPACE", "branch_ids", "register_tcc_routes"]
+__all__ = [
+    "IDENT_PATTERN",
+    "TCC_NAMESPACE",
+    "TccOperations",
+    "TccTryRequest",
+    "branch_ids",
+    "register_tcc_routes",
+]
 
 TCC_NAMESPACE = uuid.UUID("8a3b1f6e-2c4d-4e5f-9a0b-7c6d5e4f3a21")
 TCC_TIMEOUT_DEFAULT_S = 60
-_IDENT = r"^[A-Za-z0-9_.:-]{1,128}$"
+IDENT_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
-Gid = Annotated[str, Path(pattern=_IDENT, description="global transaction id")]
-Branch = Annotated[str, Path(pattern=_IDENT, description="branch id within the transaction")]
+Gid = Annotated[str, Path(pattern=IDENT_PATTERN, description="global transaction id")]
+Branch = Annotated[str, Path(pattern=IDENT_PATTERN, description="branch id within the transaction")]
 
 Submit = Callable[[list[domain.Command]], Awaitable[list[domain.CommandOutcome]]]
 
@@ -80,7 +87,47 @@ def _answer(
     return JsonResponse(body, status_code=409)
 
 
-def register_tcc_routes(app: FastAPI, submit: Submit, writer: Callable[..., Any]) -> None:
+class TccOperations:
+    """Try, confirm and cancel of one branch, shared by the routes and the fast path
+    (``ledger.api.fast``), so both answer with the same code."""
+
+    def __init__(self, submit: Submit) -> None:
+        self.submit = submit
+
+    async def try_(self, gid: str, branch_id: str, body: TccTryRequest) -> Response:
+        try_id, _, _ = branch_ids(gid, branch_id)
+        command = domain.CreateTransfer(
+            id=try_id,
+            debit_account_id=body.debit_account_id,
+            credit_account_id=body.credit_account_id,
+            amount_minor=body.amount_minor,
+            ledger=body.ledger,
+            code=body.code,
+            flags=domain.TransferFlags(pending=True),
+            timeout_s=body.timeout_s,
+            metadata={"tcc_gid": gid, "tcc_branch": branch_id},
+        )
+        [outcome] = await self.submit([command])
+        return _answer(outcome, try_id, set())
+
+    async def confirm(self, gid: str, branch_id: str) -> Response:
+        try_id, confirm_id, _ = branch_ids(gid, branch_id)
+        command = domain.CreateTransfer(
+            id=confirm_id,
+            pending_id=try_id,
+            flags=domain.TransferFlags(post_pending_transfer=True),
+        )
+        [outcome] = await self.submit([command])
+        return _answer(outcome, confirm_id, _CONFIRMED_ALREADY)
+
+    async def cancel(self, gid: str, branch_id: str) -> Response:
+        try_id, _, cancel_id = branch_ids(gid, branch_id)
+        command = domain.CancelPendingTransfer(id=cancel_id, pending_id=try_id)
+        [outcome] = await self.submit([command])
+        return _answer(outcome, cancel_id, set())
+
+
+def register_tcc_routes(app: FastAPI, ops: TccOperations, writer: Callable[..., Any]) -> None:
     """Add the participant endpoints; ``writer`` is the write-scope auth dependency."""
     responses: dict[int | str, dict[str, Any]] = {
         409: {"model": TccResult, "description": "refused by a ledger rule (final)"},
@@ -97,20 +144,7 @@ def register_tcc_routes(app: FastAPI, submit: Submit, writer: Callable[..., Any]
         dependencies=[Depends(writer)],
     )
     async def tcc_try(gid: Gid, branch_id: Branch, body: TccTryRequest) -> Response:
-        try_id, _, _ = branch_ids(gid, branch_id)
-        command = domain.CreateTransfer(
-            id=try_id,
-            debit_account_id=body.debit_account_id,
-            credit_account_id=body.credit_account_id,
-            amount_minor=body.amount_minor,
-            ledger=body.ledger,
-            code=body.code,
-            flags=domain.TransferFlags(pending=True),
-            timeout_s=body.timeout_s,
-            metadata={"tcc_gid": gid, "tcc_branch": branch_id},
-        )
-        [outcome] = await submit([command])
-        return _answer(outcome, try_id, set())
+        return await ops.try_(gid, branch_id, body)
 
     @app.post(
         "/v1/tcc/{gid}/{branch_id}/confirm",
@@ -119,14 +153,7 @@ def register_tcc_routes(app: FastAPI, submit: Submit, writer: Callable[..., Any]
         dependencies=[Depends(writer)],
     )
     async def tcc_confirm(gid: Gid, branch_id: Branch) -> Response:
-        try_id, confirm_id, _ = branch_ids(gid, branch_id)
-        command = domain.CreateTransfer(
-            id=confirm_id,
-            pending_id=try_id,
-            flags=domain.TransferFlags(post_pending_transfer=True),
-        )
-        [outcome] = await submit([command])
-        return _answer(outcome, confirm_id, _CONFIRMED_ALREADY)
+        return await ops.confirm(gid, branch_id)
 
     @app.post(
         "/v1/tcc/{gid}/{branch_id}/cancel",
@@ -135,6 +162,4 @@ def register_tcc_routes(app: FastAPI, submit: Submit, writer: Callable[..., Any]
         dependencies=[Depends(writer)],
     )
     async def tcc_cancel(gid: Gid, branch_id: Branch) -> Response:
-        try_id, _, cancel_id = branch_ids(gid, branch_id)
-        [outcome] = await submit([domain.CancelPendingTransfer(id=cancel_id, pending_id=try_id)])
-        return _answer(outcome, cancel_id, set())
+        return await ops.cancel(gid, branch_id)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import uvicorn
 
-from ledger.api.app import ApiContext, create_app
+from ledger.api.app import ApiContext, LedgerApi, create_app
 from ledger.api.auth import KeyStore
 from ledger.api.idempotency import IdempotencyStore
 from ledger.api.server import attach_read_models
@@ -28,6 +28,7 @@ class LiveServer:
     tokens: dict[str, str]
     key_ids: dict[str, str]
     database_url: str
+    app: LedgerApi
 
     def client(self, scope: str = "admin") -> httpx.Client:
         return httpx.Client(
@@ -38,26 +39,39 @@ class LiveServer:
 
 
 def start_server(
-    database_url: str, wal_dir: Path, read_models: bool = False, **settings: object
+    database_url: str,
+    wal_dir: Path,
+    read_models: bool = False,
+    *,
+    book_id: str = "api",
+    fast_path: bool = True,
+    share_keys_of: LiveServer | None = None,
+    **settings: object,
 ) -> Iterator[LiveServer]:
-    config = load_settings(wal_dir=wal_dir, book_id="api", **settings)
+    """A server for ``book_id``; ``share_keys_of`` reuses another server's tokens (so
+    two servers can be sent identical requests)."""
+    config = load_settings(wal_dir=wal_dir, book_id=book_id, **settings)
     keys = KeyStore(database_url, cache_ttl_s=0)
-    tokens, key_ids = {}, {}
-    for scope in ("read", "write", "admin"):
-        key, token = keys.create(f"test-{scope}", scope)
-        tokens[scope], key_ids[scope] = token, key.key_id
+    tokens: dict[str, str] = {}
+    key_ids: dict[str, str] = {}
+    if share_keys_of is not None:
+        tokens, key_ids = dict(share_keys_of.tokens), dict(share_keys_of.key_ids)
+    else:
+        for scope in ("read", "write", "admin"):
+            key, token = keys.create(f"test-{scope}", scope)
+            tokens[scope], key_ids[scope] = token, key.key_id
     ctx = ApiContext(
         open_node=lambda: open_node(config, database_url),
         keys=keys,
         idempotency=IdempotencyStore(database_url, config.book_id),
         body_size_max_bytes=config.http_body_size_max_bytes,
+        fast_path=fast_path,
     )
     if read_models:
         attach_read_models(ctx, database_url, config.book_id)
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning")
-    )
+    app = create_app(ctx)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -66,7 +80,7 @@ def start_server(
             raise RuntimeError("API server did not start")
         time.sleep(0.02)
     try:
-        yield LiveServer(f"http://127.0.0.1:{port}", ctx, tokens, key_ids, database_url)
+        yield LiveServer(f"http://127.0.0.1:{port}", ctx, tokens, key_ids, database_url, app)
     finally:
         server.should_exit = True
         thread.join(30)
