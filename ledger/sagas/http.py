@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Mapping
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -134,9 +134,32 @@ class _Connection(asyncio.Protocol):
         return self.waiter
 
 
-@functools.lru_cache(maxsize=4096)
 def _target(url: str) -> tuple[tuple[str, int], str, str] | None:
-    """((host, port), path with query, netloc) of a plain ``http://`` URL, else None."""
+    """((host, port), path with query, netloc) of a plain ``http://`` URL, else None.
+
+    Most URLs are seen once (templates are filled with each gid), so caching whole URLs
+    would miss; the origin is cached per netloc and the path is cut off by hand, which
+    gives what ``urlsplit`` gives for these URLs. Anything unusual (tabs or line breaks,
+    which ``urlsplit`` strips; a query or fragment right after the host) goes the slow
+    way."""
+    if not url.startswith("http://") or "\r" in url or "\n" in url or "\t" in url:
+        return _target_split(url)
+    netloc, _, tail = url[7:].partition("/")
+    if "?" in netloc or "#" in netloc:
+        return _target_split(url)
+    origin = _origin(netloc)
+    if origin is None:
+        return None
+    return origin, "/" + tail.partition("#")[0], netloc
+
+
+@functools.lru_cache(maxsize=1024)
+def _origin(netloc: str) -> tuple[str, int] | None:
+    parts = urlsplit(f"http://{netloc}/")
+    return (parts.hostname, parts.port or 80) if parts.hostname else None
+
+
+def _target_split(url: str) -> tuple[tuple[str, int], str, str] | None:
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         return None
@@ -144,10 +167,43 @@ def _target(url: str) -> tuple[tuple[str, int], str, str] | None:
     return (parts.hostname, parts.port or 80), path, parts.netloc
 
 
-def _clean(text: str) -> str:
-    if "\r" in text or "\n" in text:
-        raise ValueError(f"header contains a line break: {text!r}")
-    return text
+class _Slots:
+    """At most ``n`` requests at once to one host:port (an ``asyncio.Semaphore`` without
+    the coroutine call when a slot is free, which is nearly always)."""
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def take(self) -> bool:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def wait(self) -> None:
+        """Wait for a slot handed over by :meth:`give`."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed over, but this request was cancelled meanwhile
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 class FastPoster:
@@ -158,7 +214,7 @@ class FastPoster:
         self.fallback = fallback
         self.connections_max = connections_max
         self._idle: dict[tuple[str, int], list[_Connection]] = defaultdict(list)
-        self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self._slots: dict[tuple[str, int], _Slots] = {}
         self._all: set[_Connection] = set()
 
     async def post(
@@ -168,17 +224,23 @@ class FastPoster:
         if target is None:
             return await self.fallback.post(url, body, headers, timeout_s)
         key, path, netloc = target
-        head = [f"POST {path} HTTP/1.1", f"Host: {netloc}"]
-        head += [f"{_clean(k)}: {_clean(v)}" for k, v in headers.items()]
-        head.append(f"Content-Length: {len(body) if body else 0}")
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        fields = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+        if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
+            raise ValueError(f"a header contains a line break: {dict(headers)!r}")
+        size = len(body) if body else 0
+        head = f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\n{fields}Content-Length: {size}\r\n\r\n"
+        request = head.encode("latin-1") + body if body else head.encode("latin-1")
         slots = self._slots.get(key)
         if slots is None:
-            slots = self._slots[key] = asyncio.Semaphore(self.connections_max)
+            slots = self._slots[key] = _Slots(self.connections_max)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        async with slots:
-            conn = await self._connection(key, deadline - loop.time())
+        if not slots.take():
+            await slots.wait()
+        try:
+            conn = self._idle_connection(key)
+            if conn is None:
+                conn = await self._connect(key, deadline - loop.time())
             # One timer per request instead of a wait_for task: when it fires, the
             # connection is closed and the waiting request fails with CallTimeout.
             timer = loop.call_later(max(0.0, deadline - loop.time()), conn.time_out, timeout_s)
@@ -190,19 +252,24 @@ class FastPoster:
                 raise
             finally:
                 timer.cancel()
+        finally:
+            slots.give()
         if conn.open:
             self._idle[key].append(conn)
         else:
             self._all.discard(conn)
         return result
 
-    async def _connection(self, key: tuple[str, int], timeout_s: float) -> _Connection:
+    def _idle_connection(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle[key]
         while idle:
             candidate = idle.pop()
             if candidate.open:
                 return candidate
             self._all.discard(candidate)
+        return None
+
+    async def _connect(self, key: tuple[str, int], timeout_s: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(

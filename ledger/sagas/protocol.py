@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import enum
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -92,14 +93,20 @@ def build_request(
 ) -> tuple[str, bytes | None]:
     """The URL to call and the JSON body to send (None: no body), per the convention."""
     if is_template(url):
-        filled = url.replace("{gid}", quote(gid, safe="")).replace(
-            "{branch_id}", quote(branch_id, safe="")
-        )
+        filled = url.replace("{gid}", _quote(gid)).replace("{branch_id}", _quote(branch_id))
         if op in _BODY_OPS and payload is not None:
             return filled, orjson.dumps(payload)
         return filled, None
     envelope = {"gid": gid, "branch_id": branch_id, "op": op, "payload": payload}
     return url, orjson.dumps(envelope)
+
+
+_UNRESERVED: Final = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _quote(text: str) -> str:
+    """``quote(text, safe="")``, without its work for text it would leave as it is."""
+    return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
 
 
 def _short(text: str) -> str:

@@ -15,7 +15,14 @@ import orjson
 import pytest
 
 from ledger.application.records import GENESIS_HASH, EventRecord, PendingRecord, chain_records
-from ledger.sagas.http import CallFailed, CallTimeout, FastPoster, HttpxPoster
+from ledger.sagas.http import (
+    CallFailed,
+    CallTimeout,
+    FastPoster,
+    HttpxPoster,
+    _target,
+    _target_split,
+)
 from ledger.sagas.journal import (
     EVENT_GROUP,
     CallFinished,
@@ -314,6 +321,53 @@ def test_fast_client_reports_refused_connections() -> None:
         try:
             with pytest.raises(CallFailed, match="cannot connect"):
                 await poster.post(f"http://127.0.0.1:{port}/p", b"{}", {}, 1)
+        finally:
+            await poster.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/v1/tcc/g/b/try",
+        "http://127.0.0.1:8000/v1/tcc/g%3A1/b/try?x=1&y=2",
+        "http://localhost/p#fragment",
+        "http://LocalHost:81",
+        "http://h:9/a/b?q=1#f",
+        "http://h?q=1",
+        "http://h#f",
+        "http://[::1]:8080/p",
+        "http://user:pw@h:7/p",
+        "http://h/a\r\nInjected: 1",
+        "http://h/a\tb",
+        "https://h/p",
+        "ftp://h/p",
+        "http:///p",
+    ],
+)
+def test_fast_client_targets_are_those_of_urlsplit(url: str) -> None:
+    assert _target(url) == _target_split(url)
+
+
+def test_fast_client_keeps_to_its_connection_limit(raw_server: tuple[int, list[bytes]]) -> None:
+    """With one connection allowed, concurrent requests queue for it (and one that is
+    cancelled while queued gives its turn away) instead of opening more."""
+    port, script = raw_server
+    script += [OK, OK, OK]
+
+    async def scenario() -> None:
+        poster = FastPoster(HttpxPoster(httpx.AsyncClient()), connections_max=1)
+        url = f"http://127.0.0.1:{port}/p"
+        try:
+            first = asyncio.ensure_future(poster.post(url, b"{}", {}, 2))
+            doomed = asyncio.ensure_future(poster.post(url, b"{}", {}, 2))
+            last = asyncio.ensure_future(poster.post(url, b"{}", {}, 2))
+            await asyncio.sleep(0)
+            doomed.cancel()
+            assert (await first)[0] == 200 and (await last)[0] == 200
+            assert doomed.cancelled()
+            assert len(poster._all) == 1  # the one connection, reused
         finally:
             await poster.aclose()
 
