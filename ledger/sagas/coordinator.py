@@ -415,7 +415,8 @@ class Coordinator:
         if done is None or gid not in self.live:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no task of its own, unlike wait_for
+                await done.wait()
 
     # -- reading ----------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from ledger.sagas.protocol import Backoff, CallOutcome, CallResult, Op, call_par
 from ledger.sagas.state import Transaction, evolve
 
 __all__ = [
+    "Alarm",
     "Clock",
     "ManualClock",
     "RetryBudget",
@@ -34,6 +35,12 @@ __all__ = [
 _log = logging.getLogger("ledger.sagas.alerts")
 
 
+class Alarm(Protocol):
+    """A pending :meth:`Clock.alarm`."""
+
+    def cancel(self) -> object: ...
+
+
 class Clock(Protocol):
     """Wall-clock time for deadlines and back-off (injectable: tests move it)."""
 
@@ -41,6 +48,11 @@ class Clock(Protocol):
 
     async def sleep_until(self, at_us: int, wake: asyncio.Event | None = None) -> None:
         """Return at ``at_us``, or earlier when ``wake`` is set."""
+        ...
+
+    def alarm(self, at_us: int, callback: Callable[[], object]) -> Alarm:
+        """Call ``callback`` on the event loop at ``at_us`` unless cancelled first (a
+        timer without a task of its own, for deadlines that rarely fire)."""
         ...
 
 
@@ -59,6 +71,10 @@ class SystemClock:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), delay_s)
+
+    def alarm(self, at_us: int, callback: Callable[[], object]) -> Alarm:
+        delay_s = max(0.0, (at_us - self.now_us()) / 1e6)
+        return asyncio.get_running_loop().call_later(delay_s, callback)
 
 
 class ManualClock:
@@ -104,6 +120,16 @@ class ManualClock:
         finally:
             woken.cancel()
             future.cancel()
+
+    def alarm(self, at_us: int, callback: Callable[[], object]) -> Alarm:
+        self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = self._loop.create_future()
+        future.add_done_callback(lambda f: None if f.cancelled() else callback())
+        if self._now_us >= at_us:
+            future.set_result(None)
+        else:
+            self._sleepers.append((at_us, future))
+        return future
 
 
 class RetryBudget:
@@ -154,6 +180,9 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.config.retry_base_ms, self.config.retry_max_ms)
+        # labels() takes a lock and builds a key on every call: look each child up once
+        self._call_seconds: dict[str, Any] = {}
+        self._calls: dict[tuple[str, str], Any] = {}
         if self.budget is None:
             self.budget = RetryBudget(
                 self.config.retries_per_s_max, max(1, int(self.config.retries_per_s_max))
@@ -211,8 +240,17 @@ class Runtime:
         outcome = await call_participant(
             self.client, url, txn.gid, branch_id, op, payload, headers, self.config.call_timeout_s
         )
-        self.metrics.call_seconds.labels(op).observe(time.perf_counter() - t0)
-        self.metrics.calls.labels(op, outcome.result.value).inc()
+        elapsed = time.perf_counter() - t0
+        timer = self._call_seconds.get(op)
+        if timer is None:
+            timer = self._call_seconds[op] = self.metrics.call_seconds.labels(op)
+        timer.observe(elapsed)
+        counted = self._calls.get((op, outcome.result))
+        if counted is None:
+            counted = self._calls[(op, outcome.result)] = self.metrics.calls.labels(
+                op, outcome.result.value
+            )
+        counted.inc()
         finished = CallFinished(
             gid=txn.gid,
             branch_id=branch_id,
