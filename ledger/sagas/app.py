@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,7 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.api.auth import ApiKey, KeyStore, scope_allows
@@ -135,7 +136,7 @@ def create_app(ctx: CoordinatorContext) -> FastAPI:
             for close in ctx.on_shutdown:
                 await asyncio.to_thread(close)
 
-    app = FastAPI(
+    app = CoordinatorApi(
         title="eventledger coordinator",
         version="0.1.0",
         description="TCC transactions and sagas over HTTP participants, durably recorded.",
@@ -306,20 +307,43 @@ def create_app(ctx: CoordinatorContext) -> FastAPI:
         c.update_gauges()
         return Response(generate_latest(c.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(FastStart, started=started, keys=ctx.keys)
+    app.fast = FastStart(functools.partial(FastAPI.__call__, app), started, ctx.keys)
     return app
+
+
+class CoordinatorApi(FastAPI):
+    """The FastAPI app with :class:`FastStart` in front of it: the starts' common case is
+    answered before FastAPI's own stack (error, telemetry and body-limit middleware,
+    routing) is entered, which costs about as much CPU again as the answer."""
+
+    fast: FastStart | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast
+        if (
+            fast is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope.get("path") in _STARTS
+        ):
+            await fast(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 class FastStart:
     """The hot path of ``POST /v1/tcc`` and ``POST /v1/sagas`` as pure ASGI.
 
-    FastAPI's request machinery (dependency solving, parameter validation, exception
-    middleware) costs about as much CPU as running the transaction itself. A request
-    whose key is in the verification cache with write scope, whose query string is
-    plain and whose body validates is answered here by the same ``started`` function
-    the routes use; anything else (no or unknown key, bad input) is handed on to
+    FastAPI's request machinery (dependency solving, parameter validation, its error,
+    telemetry and body-limit middleware) costs about as much CPU as running the
+    transaction itself, so :class:`CoordinatorApi` calls this before entering it. A
+    request whose key verifies with write scope (from the verification cache, or one
+    look-up shared by every request with that key), whose query string is plain and
+    whose body validates is answered here by the same ``started`` function the routes
+    use; anything else (no, unknown or insufficient key, bad input) is handed on to
     FastAPI with its body replayed, so every error keeps its problem document. Bodies
-    over ``FAST_BODY_BYTES_MAX`` are refused (413) before they are read further.
+    over ``FAST_BODY_BYTES_MAX`` are refused (413) before they are read further; an
+    unexpected error is a plain 500, as Starlette's error middleware sends it.
     """
 
     def __init__(
@@ -331,6 +355,7 @@ class FastStart:
         self.app = app
         self.started = started
         self.keys = keys
+        self._verifying: dict[str, asyncio.Future[ApiKey | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path")
@@ -346,7 +371,7 @@ class FastStart:
             return
         spec: TccSpec | SagaSpec | None = None
         params = _plain_query(scope.get("query_string", b""))
-        if not more and params is not None and self._authorized(scope):
+        if not more and params is not None and await self._authorized(scope):
             model = TccSpec if path == "/v1/tcc" else SagaSpec
             with contextlib.suppress(ValidationError):
                 spec = model.model_validate_json(body)
@@ -354,21 +379,52 @@ class FastStart:
             await self.app(scope, _replay(body, more, receive), send)
             return
         wait, timeout_s = params
-        try:
-            response = await self.started(_STARTS[path], spec, wait, timeout_s)
-        except ApiProblem as problem:
-            response = problem_response(problem)
-        await response(scope, receive, send)
+        started = False
 
-    def _authorized(self, scope: Scope) -> bool:
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            try:
+                response = await self.started(_STARTS[path], spec, wait, timeout_s)
+            except ApiProblem as problem:
+                response = problem_response(problem)
+            await response(scope, receive, tracked)
+        except Exception:
+            # What Starlette's error middleware does in front of FastAPI: a plain 500
+            # if nothing was sent yet, and the error goes on to the server's log.
+            if not started:
+                await PlainTextResponse("Internal Server Error", 500)(scope, receive, send)
+            raise
+
+    async def _authorized(self, scope: Scope) -> bool:
+        """The write check of the routes' key dependency; a key not verified within the
+        cache's TTL is verified once for all the requests that carry it meanwhile (they
+        would otherwise each take FastAPI's path and query PostgreSQL)."""
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 text = value.decode("latin-1")
                 if not text.lower().startswith("bearer "):
                     return False
-                known, key = self.keys.cached(text[7:].strip())
-                return known and key is not None and scope_allows(key.scope, "write")
+                token = text[7:].strip()
+                known, key = self.keys.cached(token)
+                if not known:
+                    try:
+                        key = await self._verify(token)
+                    except Exception:
+                        return False  # FastAPI's path answers (and reports) it
+                return key is not None and scope_allows(key.scope, "write")
         return False
+
+    async def _verify(self, token: str) -> ApiKey | None:
+        pending = self._verifying.get(token)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(self.keys.verify, token))
+            self._verifying[token] = pending
+            pending.add_done_callback(lambda _: self._verifying.pop(token, None))
+        return await asyncio.shield(pending)
 
 
 _STARTS: Final = {"/v1/tcc": "tcc", "/v1/sagas": "saga"}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import httpx
 
 from tests.integration.sagas.conftest import (
     BROKEN,
@@ -11,6 +15,7 @@ from tests.integration.sagas.conftest import (
     ONGOING,
     FakeParticipant,
     LiveCoordinator,
+    create_keys,
 )
 
 
@@ -129,8 +134,6 @@ def test_bad_requests_are_problems_with_codes(live: LiveCoordinator) -> None:
 
 
 def httpx_client(live: LiveCoordinator) -> Any:
-    import httpx
-
     return httpx.Client(base_url=live.base_url, timeout=10)
 
 
@@ -138,3 +141,35 @@ def test_a_body_over_the_limit_is_refused(live: LiveCoordinator) -> None:
     with live.client("write") as c:
         r = c.post("/v1/tcc", content=b"{" + b" " * (2 << 20) + b"}")
     assert r.status_code == 413 and r.json()["code"] == "request_too_large"
+
+
+def test_a_key_not_yet_verified_is_looked_up_once_for_concurrent_starts(
+    live: LiveCoordinator, participant: FakeParticipant, database_url: str
+) -> None:
+    """Starts carrying a key that is not in the verification cache (new, or its entry
+    expired) share one look-up and are then answered on the fast path."""
+    token = create_keys(database_url)["write"]
+    keys = live.ctx.keys
+    calls = []
+    verify = keys.verify
+
+    def slow_verify(text: str) -> Any:
+        calls.append(text)
+        time.sleep(0.3)  # long enough for every request below to arrive meanwhile
+        return verify(text)
+
+    keys.verify = slow_verify  # type: ignore[method-assign]
+    try:
+
+        def start() -> int:
+            with httpx.Client(
+                base_url=live.base_url, headers={"Authorization": f"Bearer {token}"}
+            ) as c:
+                return c.post("/v1/tcc", json=tcc_body(participant), timeout=30).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: start(), range(8)))
+    finally:
+        del keys.verify
+    assert statuses == [202] * 8
+    assert calls == [token]
