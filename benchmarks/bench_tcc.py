@@ -370,12 +370,14 @@ def run(args: argparse.Namespace) -> int:
             warm, _, _ = asyncio.run(load(coordinator, token, make, args.clients, 1.0))
             figures = []
             total = warm
+            measured = 0
             cpu0, wall0 = cpu_snapshot(), time.perf_counter()
             for _ in range(runs):
                 done, other, lat = asyncio.run(
                     load(coordinator, token, make, args.clients, seconds)
                 )
                 total += done
+                measured += done + other
                 figures.append((done / seconds, percentile(lat, 0.5), percentile(lat, 0.99)))
                 print(
                     f"  run: {done / seconds:,.0f} committed/s ({other} not committed), "
@@ -388,6 +390,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{name} {100 * (cpu1[name] - cpu0[name]) / wall:.0f}%" for name in cpu1
             )
             print(f"  CPU (100% = one core; 2 cores shared): {shares}", flush=True)
+            # CPU time per transfer varies far less than throughput when other work
+            # shares the machine, so before/after comparisons should quote it.
+            per = ", ".join(
+                f"{name} {1000 * (cpu1[name] - cpu0[name]) / max(measured, 1):.2f}" for name in cpu1
+            )
+            print(f"  CPU ms per transfer: {per}", flush=True)
             rate = statistics.median(f[0] for f in figures)
             p50 = statistics.median(f[1] for f in figures) * 1000
             p99 = statistics.median(f[2] for f in figures) * 1000
