@@ -9,8 +9,9 @@ PostgreSQL snapshots as they would be after a restart. In the same run and on th
 PostgreSQL server, the ``eventsourcing`` library does the same transfers the way its
 documentation recommends (``benchmarks/peer_eventsourcing.py``), with 1 and 16 clients.
 
-Run: ``python -m benchmarks.bench_node [--quick] [--runs N]``. PostgreSQL comes from
-``LEDGER_BENCH_DATABASE_URL`` or the embedded server. Figures are medians of ``--runs``.
+Run: ``python -m benchmarks.bench_node [--quick] [--runs N] [--accounts N ...] [--batches N
+...]``. PostgreSQL comes from ``LEDGER_BENCH_DATABASE_URL`` or the embedded server.
+Figures are medians of ``--runs``.
 """
 
 from __future__ import annotations
@@ -209,18 +210,41 @@ class StageTimes:
 
 def print_stages(node: LedgerNode, stages: StageTimes) -> None:
     m = node.metrics
+    cache = node.cache
     per = 1e6 / max(1, m.commands)
     print(
         f"  where the time goes, per command over {m.commands:,} commands in {m.batches:,} "
-        f"batches: load {m.load_s * per:.1f} µs, decide+chain {m.decide_s * per:.1f} µs "
+        f"batches: load {m.load_s * per:.1f} µs (ids not in memory: stream filter, then "
+        f"PostgreSQL for those it cannot rule out), decide+chain {m.decide_s * per:.1f} µs "
         f"(decider thread); WAL append+fdatasync {stages.wal_s * per:.1f} µs; PostgreSQL "
         f"{stages.store_s * per:.1f} µs (their own threads, overlapping)",
+        flush=True,
+    )
+    print(
+        f"  ids not in memory: {cache.skipped:,} ruled out by the stream filter, "
+        f"{cache.looked_up:,} looked up in PostgreSQL",
+        flush=True,
+    )
+
+
+def print_filter(node: LedgerNode, seconds: float) -> None:
+    streams = node.cache.streams
+    if streams is None:
+        return
+    print(
+        f"  cold start: {seconds:.2f} s, stream filter of {streams.count:,} streams, "
+        f"{streams.size_bytes / (1 << 20):.1f} MiB for {streams.capacity:,} ids of capacity",
         flush=True,
     )
 
 
 async def bench_ledger(
-    url: str, root: Path, account_counts: list[int], transfers: dict[int, int], runs: int
+    url: str,
+    root: Path,
+    account_counts: list[int],
+    batches: list[int],
+    transfers: dict[int, int],
+    runs: int,
 ) -> list[NodeResult]:
     results = []
     print(
@@ -231,13 +255,15 @@ async def bench_ledger(
         book = f"bench{count}"
         wal_dir = root / book
         ids = await seed_accounts(url, wal_dir, book, count)
+        t0 = time.perf_counter()
         node = await open_node(url, wal_dir, book)  # cold: records load lazily
+        print_filter(node, time.perf_counter() - t0)
         stages = StageTimes()
         node.recorder.observe_wal_s = stages.wal
         node.recorder.observe_store_s = stages.store
         try:
             for distribution in ("uniform", "zipf"):
-                for batch in (1, 10, 100, 1000):
+                for batch in batches:
                     r = await run_config(
                         node, ids, batch, distribution, transfers[batch], runs, seed=count
                     )
@@ -274,6 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small run (smoke)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument(
+        "--accounts", type=int, nargs="+", help="account counts (default 1000 100000)"
+    )
+    parser.add_argument(
+        "--batches", type=int, nargs="+", help="batch sizes (default 1 10 100 1000)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         counts, runs = [1000], 1
@@ -281,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         counts, runs = [1000, 100_000], args.runs
         transfers = {1: 10_000, 10: 30_000, 100: 60_000, 1000: 100_000}
+    counts = args.accounts or counts
+    batches = args.batches or [1, 10, 100, 1000]
+    for batch in batches:
+        transfers.setdefault(batch, transfers[1000])
     pg = start_postgres("LEDGER_BENCH_DATABASE_URL")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -296,12 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ) as tmp,
         ):
             upgrade(db)
-            results = asyncio.run(bench_ledger(db, Path(tmp), counts, transfers, runs))
+            results = asyncio.run(bench_ledger(db, Path(tmp), counts, batches, transfers, runs))
         if args.no_peer:
             return 0
         peer = bench_peer(pg.url, runs, 1000, 1000 if args.quick else 3000)
-        best_single = max(r.transfers_per_s for r in results if r.batch == 1)
-        best_batch = max(r.transfers_per_s for r in results if r.batch == 1000)
+        best_single = max((r.transfers_per_s for r in results if r.batch == 1), default=0.0)
+        best_batch = max((r.transfers_per_s for r in results if r.batch == 1000), default=0.0)
         print(
             f"ratio: ledger batch 1000 {best_batch:,.0f}/s vs eventsourcing 16 clients "
             f"{peer[16]:,.0f}/s = {best_batch / peer[16]:.1f}x; ledger 64 single submitters "
