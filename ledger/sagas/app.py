@@ -484,6 +484,7 @@ def _plain_query(query: bytes) -> tuple[bool, float | None] | None:
 def serve_coordinator(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     """Run the coordinator process (uvicorn, one worker: one writer of its book)."""
     from ledger.adapters.migrate import upgrade
+    from ledger.bootstrap import tune_gc
     from ledger.devservices import start_embedded_postgres
     from ledger.logs import configure_logging
 
@@ -499,8 +500,17 @@ def serve_coordinator(settings: Settings, host: str | None = None, port: int | N
         print(f"dev admin key {key.key_id}: {token}", flush=True)
     config = coordinator_config(settings, url)
     keys = KeyStore(url)
+
+    async def open_coordinator() -> Coordinator:
+        coordinator = await Coordinator.open(config)
+        # As in the node: with the default thresholds the collector re-traverses the
+        # whole heap (the app, its models, every live transaction) every few hundred
+        # transactions, for garbage that is almost never cyclic.
+        tune_gc()
+        return coordinator
+
     ctx = CoordinatorContext(
-        open_coordinator=lambda: Coordinator.open(config),
+        open_coordinator=open_coordinator,
         keys=keys,
         wait_max_s=settings.coordinator_wait_max_s,
     )
