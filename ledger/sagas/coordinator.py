@@ -51,6 +51,7 @@ from ledger.application.ports import EventStore
 from ledger.application.recorder import Recorder, RecoveryReport, WalWithTail
 from ledger.devservices import normalise_pg_url
 from ledger.logs import transaction_id
+from ledger.sagas.gidfilter import GidFilter
 from ledger.sagas.http import FastPoster, HttpxPoster, Poster
 from ledger.sagas.journal import (
     CallStarted,
@@ -116,10 +117,15 @@ class CoordinatorConfig:
 
 
 class GidLookup:
-    """Answers "is this gid already stored?" for many concurrent starts with one query:
-    a start with a client-chosen gid must not reuse it, and asking PostgreSQL once per
-    start through one connection would serialise the starts. Queries wait while one is
-    running, then go out together (as group commit does for writes)."""
+    """Answers "is this gid already stored?": a start with a client-chosen gid must not
+    reuse it. A :class:`~ledger.sagas.gidfilter.GidFilter` of the book's gids (filled by
+    :meth:`load` at start, fed by :meth:`add` before each new stream's first write) rules
+    out nearly every new gid; the others are asked of PostgreSQL, many concurrent starts
+    with one query, because asking once per start through one connection would serialise
+    the starts. Queries wait while one is running, then go out together (as group commit
+    does for writes)."""
+
+    PAGE = 10_000
 
     def __init__(self, database_url: str, book_id: str) -> None:
         self._dsn = normalise_pg_url(database_url).replace("postgresql+psycopg://", "postgresql://")
@@ -127,8 +133,28 @@ class GidLookup:
         self._waiting: dict[str, list[asyncio.Future[bool]]] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.filter: GidFilter | None = None
+
+    def load(self, store: EventStore, head: int) -> int:
+        """Blocking: fill the filter from the book's stream ids (after recovery, so that
+        every stored stream is in); return how many gids it holds. Until this ran, every
+        gid is asked of PostgreSQL."""
+        gids = GidFilter(capacity=max(1 << 16, head // 2))
+        after = ""
+        while page := store.stream_ids(after, self.PAGE):
+            gids.add_stream_ids(page)
+            after = page[-1]
+        self.filter = gids
+        return gids.count
+
+    def add(self, gid: str) -> None:
+        """``gid`` is about to be written (call before its stream's first write)."""
+        if self.filter is not None:
+            self.filter.add(gid)
 
     async def exists(self, gid: str) -> bool:
+        if self.filter is not None and not self.filter.may_contain(gid):
+            return False
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(gid, []).append(future)
         if self._task is None or self._task.done():
@@ -256,6 +282,12 @@ class Coordinator:
         )
         coordinator = cls(config, journal, client, clock, metrics)
         coordinator.recovery = replayed.report
+        try:
+            await asyncio.to_thread(coordinator.gids.load, store, journal.committed_position)
+        except BaseException:
+            await asyncio.to_thread(recorder.close)
+            await client.aclose()
+            raise
         journal.start()
         for events in replayed.streams.values():
             txn = replay(events)
@@ -325,6 +357,7 @@ class Coordinator:
             for i in first_ids
         ]
         self.journal.open_stream(txn.stream)
+        self.gids.add(gid)
         self.live[gid] = txn
         self._release(gid)
         self._done[gid] = asyncio.Event()

@@ -121,3 +121,24 @@ def test_a_call_that_never_answers_times_out_and_is_retried(
     )
     assert first["result"] == "transient" and "timed out" in first["detail"]
     assert first["status_code"] is None
+
+
+def test_a_gid_used_before_a_restart_is_still_known_after_it(
+    database_url: str, tmp_path: Path, participant: FakeParticipant
+) -> None:
+    """The gid filter is filled from the book at start: a repeat of a finished start is
+    answered as a repeat, another spec with its gid conflicts, a new gid starts."""
+    wal = tmp_path / "wal"
+    done, other = tcc(participant), tcc(participant)
+    with start_coordinator(database_url, wal) as live, live.client("write") as c:
+        assert c.post("/v1/tcc", json=done, params={"wait": "true"}).status_code == 201
+    with start_coordinator(database_url, wal) as live:
+        gids = live.coordinator.gids.filter
+        assert gids is not None and gids.may_contain(done["gid"])
+        with live.client("write") as c:
+            again = c.post("/v1/tcc", json=done)
+            assert again.status_code == 200 and again.json()["status"] == "committed"
+            changed = c.post("/v1/tcc", json={**done, "timeout_s": 5})
+            assert changed.status_code == 409
+            assert c.post("/v1/tcc", json=other, params={"wait": "true"}).status_code == 201
+    assert len([op for _, op in participant.ops(done["gid"]) if op == "try"]) == 2
