@@ -48,7 +48,7 @@ PROGRESS_EVERY_S = 5.0
 
 
 class BookCache:
-    """``state`` plus lazy loading and snapshot bookkeeping."""
+    """``state`` plus lazy loading (behind the stream filter) and snapshot bookkeeping."""
 
     def __init__(
         self,

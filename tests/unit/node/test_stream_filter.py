@@ -59,6 +59,20 @@ def test_growing_past_capacity_keeps_every_id() -> None:
     assert streams.size_bytes == 8 * sum(-(-c * 24 // 64) for c in (100, 200, 400, 800))
 
 
+def test_stream_ids_added_in_bulk_fill_slices_exactly_and_grow() -> None:
+    streams = StreamFilter(10)
+    first = sequential(0, 10)
+    assert streams.add_stream_ids([f"transfer-{t}" for t in first]) == 10
+    assert streams.slices == 1 and streams.count == 10  # full, and no empty slice after
+    more = sequential(10, 25)
+    accounts = [uuid.uuid4() for _ in range(5)]
+    page = [f"transfer-{t}" for t in more] + [f"account-{a}" for a in accounts]
+    assert streams.add_stream_ids(page) == 30
+    assert streams.slices == 3 and streams.capacity == 70 and streams.count == 40
+    assert streams.transfers_maybe_stored(first + more) == set(first + more)
+    assert streams.accounts_maybe_stored(accounts) == set(accounts)
+
+
 def test_stream_ids_from_the_store_are_the_same_keys_as_the_ids() -> None:
     streams = StreamFilter(1000)
     t, a, upper, braced = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
