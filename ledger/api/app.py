@@ -489,20 +489,18 @@ class _Handlers:
     def results(ids: list[UUID | None], outcomes: list[domain.CommandOutcome]) -> dict[str, Any]:
         """One result per item. Ids stay ``UUID`` objects: orjson writes them in their
         canonical text (as ``str`` would), without a Python call per item."""
-        out: list[dict[str, Any]] = []
-        for i, (item_id, o) in enumerate(zip(ids, outcomes, strict=True)):
-            if o.code is None:
-                out.append({"index": i, "id": item_id, "status": o.status})
-            else:
-                out.append(
-                    {
-                        "index": i,
-                        "id": item_id,
-                        "status": o.status,
-                        "code": str(o.code),
-                        "detail": o.detail,
-                    }
-                )
+        out = [
+            {"index": i, "id": item_id, "status": o.status}
+            if o.code is None
+            else {
+                "index": i,
+                "id": item_id,
+                "status": o.status,
+                "code": str(o.code),
+                "detail": o.detail,
+            }
+            for i, (item_id, o) in enumerate(zip(ids, outcomes, strict=True))
+        ]
         return {"results": out}
 
 

@@ -171,17 +171,16 @@ class FastPath:
             except orjson.JSONDecodeError:
                 await fallback(scope, _replay([_message(body)], receive), send)
                 return
-        replay = _replay([_message(body)], receive) if endpoint.body is not None else receive
         try:
             await self.authorize(authorization)
         except ApiProblem:
-            await fallback(scope, replay, send)
+            await fallback(scope, self._again(endpoint, body, receive), send)
             return
         if endpoint.body is not None:
             try:
                 value = endpoint.body.validate_python(value, from_attributes=True)
             except ValidationError:
-                await fallback(scope, replay, send)
+                await fallback(scope, self._again(endpoint, body, receive), send)
                 return
         self.served += 1
         await self._answer(endpoint, value, params, scope, body, idempotency_key, rid, send)
@@ -231,6 +230,11 @@ class FastPath:
         finally:
             request_id.reset(token)
             self.metrics.observe_request("POST", endpoint.route, status, time.perf_counter() - t0)
+
+    @staticmethod
+    def _again(endpoint: Endpoint, body: bytes, receive: Receive) -> Receive:
+        """``receive`` for FastAPI once the body (if the route reads one) was read."""
+        return _replay([_message(body)], receive) if endpoint.body is not None else receive
 
     async def _read(self, receive: Receive) -> bytes | list[Message]:
         """The whole body; or the messages received, when FastAPI should see them

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ApiMetrics"]
+
+_STATUS_AND_CODE = attrgetter("status", "code")
 
 _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
@@ -76,7 +79,7 @@ class ApiMetrics:
         if len(outcomes) == 1:
             self._outcome_counter(outcomes[0].status, outcomes[0].code).inc()
             return
-        for (status, code), n in Tally((o.status, o.code) for o in outcomes).items():
+        for (status, code), n in Tally(map(_STATUS_AND_CODE, outcomes)).items():
             self._outcome_counter(status, code).inc(n)
 
     def _outcome_counter(self, status: str, code: Any) -> Any:

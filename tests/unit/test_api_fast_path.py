@@ -267,3 +267,18 @@ def test_other_methods_and_mounted_apps_are_left_to_fastapi(app: LedgerApi) -> N
         {"type": "http", "method": "POST", "path": "/v1/transfers/x/post", "root_path": ""},
     ):
         assert app.fast.match(scope) is None
+
+
+@pytest.mark.parametrize("status", [100, 200, 201, 202, 204, 304, 409, 413, 422, 500, 503])
+@pytest.mark.parametrize("content", [{"a": [1, "é"]}, [], None, "text"])
+@pytest.mark.parametrize("headers", [None, {"Retry-After": "1", "Location": "/v1/x"}])
+def test_json_responses_carry_starlettes_headers(
+    status: int, content: Any, headers: dict[str, str] | None
+) -> None:
+    from starlette.responses import Response
+
+    from ledger.api.problems import JsonResponse
+
+    ours = JsonResponse(content, status_code=status, headers=headers)
+    theirs = Response(ours.body, status_code=status, headers=headers, media_type="application/json")
+    assert ours.raw_headers == theirs.raw_headers
