@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import uvicorn
 
@@ -15,7 +16,7 @@ from ledger.config import Settings
 from ledger.devservices import start_embedded_postgres
 from ledger.logs import configure_logging
 
-__all__ = ["attach_read_models", "build_context", "serve"]
+__all__ = ["attach_read_models", "build_context", "serve", "uvicorn_options"]
 
 _log = logging.getLogger(__name__)
 
@@ -28,6 +29,19 @@ def attach_read_models(ctx: ApiContext, database_url: str, book_id: str) -> ApiC
     ctx.read_models = ReadModels(database_url, book_id)
     ctx.metrics.registry.register(StatusCollector(database_url))
     return ctx
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """How ``ledger serve`` runs uvicorn (the tests serve the app the same way).
+
+    The event loop and HTTP parser are uvicorn's defaults, uvloop and httptools (both
+    come with ``uvicorn[standard]``); the protocol is httptools' with one write per
+    response (``ledger.api.protocol``). No access log: a line per request would cost
+    the event loop more than the rest of a request's handling.
+    """
+    from ledger.api.protocol import CoalescingHttpToolsProtocol
+
+    return {"http": CoalescingHttpToolsProtocol, "access_log": False}
 
 
 def build_context(settings: Settings, database_url: str) -> ApiContext:
@@ -62,6 +76,6 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         host=host or settings.http_host,
         port=port if port is not None else settings.http_port,
         log_level=settings.log_level.lower(),
-        access_log=False,
+        **uvicorn_options(),
     )
     return 0

@@ -15,7 +15,7 @@ import uvicorn
 from ledger.api.app import ApiContext, LedgerApi, create_app
 from ledger.api.auth import KeyStore
 from ledger.api.idempotency import IdempotencyStore
-from ledger.api.server import attach_read_models
+from ledger.api.server import attach_read_models, uvicorn_options
 from ledger.bootstrap import open_node
 from ledger.config import load_settings
 from ledger.devservices import free_port
@@ -71,7 +71,9 @@ def start_server(
         attach_read_models(ctx, database_url, config.book_id)
     port = free_port()
     app = create_app(ctx)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options())
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
