@@ -57,10 +57,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import queue
 import re
 import signal
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -319,6 +322,50 @@ class CrashPoint:
 # -- the journal ------------------------------------------------------------------------------
 
 
+class _Worker:
+    """One thread that runs a stage's blocking calls in order, each answered through a
+    future of the event loop: one queue put and one ``call_soon_threadsafe`` per call,
+    where ``asyncio.to_thread`` adds a context copy, the executor's thread accounting
+    and a chain of two futures, at every batch of both stages."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[
+            tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._calls.put((fn, loop, future))
+        return future
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, loop, future = call
+            try:
+                result = fn()
+            except BaseException as exc:
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, future, result, None)
+
+    def stop(self) -> None:
+        self._calls.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled: the call ran anyway
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 class JournalFailed(RuntimeError):
     """The journal cannot record anymore (WAL failure, lease lost, bad stored data): the
     coordinator must stop and recover from disk at its next start."""
@@ -414,6 +461,8 @@ class Journal:
     # -- writing ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._wal_worker = _Worker("coordinator-journal-wal")
+        self._store_worker = _Worker("coordinator-journal-store")
         self._committer = asyncio.get_running_loop().create_task(
             self._commit_loop(), name="coordinator-journal"
         )
@@ -479,7 +528,7 @@ class Journal:
                 self._fail(self.failure, batch.entries)
                 continue
             try:
-                await asyncio.to_thread(self._insert, batch)
+                await self._store_worker.run(functools.partial(self._insert, batch))
             except BaseException as exc:
                 self._fail(exc, batch.entries)
                 continue
@@ -550,7 +599,7 @@ class Journal:
         batch = _Batch(entries, records, snapshots, watermark, started_s)
         if self.crash_point is not None:
             batch.crash = self.crash_point.hit(records)
-        await asyncio.to_thread(self.recorder.append, records)
+        await self._wal_worker.run(functools.partial(self.recorder.append, records))
         if batch.crash and self.crash_point is not None and self.crash_point.after_wal_only:
             self.crash_point.crash()
         return batch
@@ -577,6 +626,8 @@ class Journal:
         if self._committer is not None:
             with contextlib.suppress(BaseException):
                 await self._committer
+            self._wal_worker.stop()
+            self._store_worker.stop()
         await asyncio.to_thread(self.recorder.close)
 
 
