@@ -228,6 +228,9 @@ class Coordinator:
         self.recovery: RecoveryReport | None = None
         self.closing = False
         self.gids = GidLookup(config.database_url, config.book_id)
+        # labels() takes a lock and builds a key on every call: each child is looked up once
+        self._finished: dict[tuple[str, str], Any] = {}
+        self._transaction_seconds: dict[str, Any] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -433,11 +436,19 @@ class Coordinator:
         self.live.pop(txn.gid, None)
         self.rt.forget(txn.gid)
         assert txn.outcome is not None
-        self.metrics.finished.labels(txn.kind, txn.outcome).inc()
-        if txn.finished_at_us is not None:
-            self.metrics.transaction_seconds.labels(txn.kind).observe(
-                max(0, txn.finished_at_us - txn.started_at_us) / 1e6
+        finished = self._finished.get((txn.kind, txn.outcome))
+        if finished is None:
+            finished = self._finished[(txn.kind, txn.outcome)] = self.metrics.finished.labels(
+                txn.kind, txn.outcome
             )
+        finished.inc()
+        if txn.finished_at_us is not None:
+            timer = self._transaction_seconds.get(txn.kind)
+            if timer is None:
+                timer = self._transaction_seconds[txn.kind] = (
+                    self.metrics.transaction_seconds.labels(txn.kind)
+                )
+            timer.observe(max(0, txn.finished_at_us - txn.started_at_us) / 1e6)
         done = self._done.pop(txn.gid, None)
         if done is not None:
             done.set()

@@ -59,6 +59,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import operator
 import os
 import queue
 import re
@@ -214,9 +215,24 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 """``(type, version) -> fn(data) -> data at version + 1``; none needed yet."""
 
 
+def _getter(fields: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    get = operator.attrgetter(*fields)
+    return get if len(fields) > 1 else lambda event: (get(event),)
+
+
+# Field names and a getter of their values per type: the events are built on the event
+# loop for every step, and attrgetter reads them all in one call.
+_FIELDS: Final[dict[str, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]]] = {
+    name: (fields, _getter(fields))
+    for name, cls in _CLASSES.items()
+    for fields in [tuple(f for f in cls.__slots__ if f != "type")]
+}
+
+
 def event_to_data(event: CoordinatorEvent) -> dict[str, Any]:
     """The JSON-compatible ``data`` of the envelope (every field but ``type``)."""
-    return {name: getattr(event, name) for name in event.__slots__ if name != "type"}
+    names, values = _FIELDS[event.type]
+    return dict(zip(names, values(event), strict=True))
 
 
 def record_data(events: list[CoordinatorEvent]) -> tuple[str, dict[str, Any]]:
