@@ -33,11 +33,11 @@ first events of a write without the rest; now it keeps the whole write or none o
 :func:`events_from_record` reads both forms, so journals written one event per record
 replay unchanged.
 
-Snapshots: every ``snapshot_every_events`` events the batch carries one snapshot row, the
-list of streams still open (started, not finished) as of the batch's last position, saved
-with that position as the book's watermark in the same PostgreSQL transaction. Recovery
-reads the open streams named there plus the events after the watermark, not the whole
-book.
+Snapshots: every ``snapshot_every_events`` records (positions: what recovery has to read)
+the batch carries one snapshot row, the list of streams still open (started, not
+finished) as of the batch's last position, saved with that position as the book's
+watermark in the same PostgreSQL transaction. Recovery reads the open streams named
+there plus the records after the watermark, not the whole book.
 
 Events are frozen, tagged and versioned (``type`` and ``schema_version`` in the envelope,
 never a class path); their ``data`` is JSON-compatible. Evolution follows the ledger's
