@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -171,15 +171,18 @@ class FastPath:
             except orjson.JSONDecodeError:
                 await fallback(scope, _replay([_message(body)], receive), send)
                 return
+        # Any failure up to here, an unexpected one too (PostgreSQL away while a key is
+        # verified), is FastAPI's to answer: it runs the same check again and answers
+        # as it always does (problem document, or its error middleware's 500).
         try:
             await self.authorize(authorization)
-        except ApiProblem:
+        except Exception:
             await fallback(scope, self._again(endpoint, body, receive), send)
             return
         if endpoint.body is not None:
             try:
                 value = endpoint.body.validate_python(value, from_attributes=True)
-            except ValidationError:
+            except Exception:
                 await fallback(scope, self._again(endpoint, body, receive), send)
                 return
         self.served += 1

@@ -433,6 +433,21 @@ def test_failures_inside_the_operation_answer_alike(
     assert r.status_code == 500 and r.text == "Internal Server Error"
     t.close()  # uvicorn closes a connection whose application raised
     t.connect()
+
+    def key_store_away(token: str) -> object:
+        raise RuntimeError("PostgreSQL away")
+
+    with monkeypatch.context() as patch:
+        for server in (t.fast, t.slow):
+            patch.setattr(server.ctx.keys, "verify", key_store_away)
+        r = t.same("/v1/transfers", {"transfers": [xfer(bank, alice)]}, fast=False)
+        assert r.status_code == 500 and r.text == "Internal Server Error"
+        t.close()
+        t.connect()
+        r = t.same("/v1/tcc/g2/b2/cancel", fast=False)
+        assert r.status_code == 500
+        t.close()
+        t.connect()
     nodes = [t.fast.ctx.node, t.slow.ctx.node]
     for server in (t.fast, t.slow):
         server.ctx.node = None
