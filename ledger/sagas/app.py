@@ -484,6 +484,7 @@ def _plain_query(query: bytes) -> tuple[bool, float | None] | None:
 def serve_coordinator(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     """Run the coordinator process (uvicorn, one worker: one writer of its book)."""
     from ledger.adapters.migrate import upgrade
+    from ledger.api.server import uvicorn_options
     from ledger.bootstrap import tune_gc
     from ledger.devservices import start_embedded_postgres
     from ledger.logs import configure_logging
@@ -522,6 +523,6 @@ def serve_coordinator(settings: Settings, host: str | None = None, port: int | N
         host=host or settings.http_host,
         port=port if port is not None else settings.coordinator_http_port,
         log_level=settings.log_level.lower(),
-        access_log=False,
+        **uvicorn_options(),  # as ledger serve: one write per response, no access log
     )
     return 0

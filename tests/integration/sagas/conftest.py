@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ledger.api.auth import KeyStore
+from ledger.api.server import uvicorn_options
 from ledger.devservices import free_port
 from ledger.sagas.app import CoordinatorContext, create_app
 from ledger.sagas.coordinator import Coordinator, CoordinatorConfig
@@ -103,7 +104,7 @@ class FakeParticipant:
 
 
 @contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
+def serve_asgi(app: Any, **options: Any) -> Iterator[str]:
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -113,6 +114,7 @@ def serve_asgi(app: Any) -> Iterator[str]:
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=1,
+            **options,
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -207,7 +209,7 @@ def start_coordinator(
         open_coordinator=lambda: Coordinator.open(config, clock=clock), keys=keys
     )
     try:
-        with serve_asgi(create_app(ctx)) as url:
+        with serve_asgi(create_app(ctx), **uvicorn_options()) as url:  # as ledger coordinator
             yield LiveCoordinator(url, ctx, tokens)
     finally:
         keys.close()
