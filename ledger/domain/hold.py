@@ -312,6 +312,14 @@ def decide_cancel_pending_transfer(
             _R.id_already_used_with_different_fields,
             f"transfer {command.id} exists and is not the void of {pending_id}",
         )
+    if command.id in state.forbidden:
+        # The cancel's own id was spent by an earlier cancel that forbade it: a void under
+        # that id would need the stream the empty cancellation already holds.
+        raise CommandRejected(
+            _R.id_already_cancelled,
+            f"transfer {command.id} was cancelled before it was created "
+            f"(by {state.forbidden[command.id]})",
+        )
     if pending_id in state.forbidden:
         return ()
     pending = state.transfers.get(pending_id)

@@ -93,3 +93,16 @@ def test_cancel_checks_its_ids() -> None:
     assert book.code_of(CancelPendingTransfer(uid(1), pending_id=uid(1))) == (
         R.pending_id_must_be_different
     )
+
+
+def test_a_cancel_whose_own_id_an_earlier_cancel_forbade_is_refused() -> None:
+    # uid(1) is spent by the empty cancellation; a later cancel under that id must not
+    # become a void on the stream the cancellation holds.
+    book = Book()
+    a, b = book.open(), book.open()
+    hold = book.hold(a, b, 40)
+    book.ok(CancelPendingTransfer(uid(2), pending_id=uid(1)))
+    code, detail = book.reject(CancelPendingTransfer(uid(1), pending_id=hold))
+    assert code == R.id_already_cancelled and str(uid(2)) in detail
+    assert book.state.transfers[hold].pending_status == PendingStatus.pending
+    assert book.balances(a) == (40, 0, 0, 0)

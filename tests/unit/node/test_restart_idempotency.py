@@ -308,11 +308,6 @@ def test_restarts_anywhere_change_no_outcome(tmp_path: Path, seed: int) -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="domain: CancelPendingTransfer does not check its own id against the ids that "
-    "earlier cancels forbade, so its void reuses a stored stream (DuplicateEvent)",
-)
 def test_a_cancel_reusing_a_forbidden_id_is_refused(tmp_path: Path) -> None:
     """Id ``x`` is forbidden by a cancel that arrived before its try; a second cancel whose
     own id is ``x`` must be refused, not turned into a void on the stream ``x`` holds
