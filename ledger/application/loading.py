@@ -105,7 +105,8 @@ def created_record(event: Event) -> tuple[bool, UUID] | None:
     return None
 
 
-# Two bit positions per entry, 6 bits each: three entries set up to 6 bits of a word.
+# 12 bits of a hash pick an entry, which sets two bits of a word (6 bits choose each):
+# three entries per id set up to 6 bits, with a table look-up instead of shifts per bit.
 _MASKS = tuple((1 << (i & 63)) | (1 << (i >> 6)) for i in range(4096))
 _ACCOUNT_TAG = b"a"
 _TRANSFER_PREFIX = "transfer-"
