@@ -9,8 +9,8 @@ both passes, with spans made small so that a log crosses many spans and segments
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +26,24 @@ def _write(directory: Path, batches: list[list[EventRecord]]) -> None:
     for batch in batches:
         wal.append_batch(batch)
     wal.close()
+
+
+def _rechained(records: list[EventRecord], victim: int, data: dict[str, Any]) -> list[EventRecord]:
+    """``records`` with the data of ``records[victim]`` replaced, chained anew from the
+    genesis hash (so every CRC and hash holds)."""
+    pending = [
+        PendingRecord(
+            r.event_id,
+            r.stream_id,
+            r.stream_version,
+            r.type,
+            r.schema_version,
+            r.recorded_at_us,
+            data if i == victim else r.data,
+        )
+        for i, r in enumerate(records)
+    ]
+    return chain_records(pending, 1, GENESIS_HASH)
 
 
 def _book_batches() -> tuple[SyntheticBook, list[list[EventRecord]]]:
@@ -103,19 +121,7 @@ def test_both_passes_find_a_wrong_balance_in_a_well_chained_log(
     after = dict(data["credit_account_after"])
     after["credits_posted"] += 1
     data["credit_account_after"] = after
-    pending = [
-        PendingRecord(
-            r.event_id,
-            r.stream_id,
-            r.stream_version,
-            r.type,
-            r.schema_version,
-            r.recorded_at_us,
-            data if i == victim else r.data,
-        )
-        for i, r in enumerate(records)
-    ]
-    rechained = chain_records(pending, 1, GENESIS_HASH)
+    rechained = _rechained(records, victim, data)
     _write(tmp_path, [rechained[i : i + 500] for i in range(0, len(rechained), 500)])
     native, reference = _both(tmp_path, monkeypatch)
     assert native == reference
@@ -130,22 +136,7 @@ def test_an_event_missing_a_field_is_a_finding_not_a_crash(
     records = [r for batch in batches[:2] for r in batch]
     victim = next(i for i, r in enumerate(records) if r.type == "TransferCreated")
     broken = {k: v for k, v in records[victim].data.items() if k != "debit_account_after"}
-    pending = [
-        dataclasses.replace(
-            PendingRecord(
-                r.event_id,
-                r.stream_id,
-                r.stream_version,
-                r.type,
-                r.schema_version,
-                r.recorded_at_us,
-                r.data,
-            ),
-            data=broken if i == victim else r.data,
-        )
-        for i, r in enumerate(records)
-    ]
-    _write(tmp_path, [chain_records(pending, 1, GENESIS_HASH)])
+    _write(tmp_path, [_rechained(records, victim, broken)])
     native, reference = _both(tmp_path, monkeypatch)
     assert native == reference
     assert native[0] == "finding"
