@@ -291,30 +291,56 @@ static Py_ssize_t collect(PyObject **items, Py_ssize_t count, long long last_pos
     return total;
 }
 
-/* Writes every record's frame, then fills in the CRCs (three at a time where the CPU has
- * the crc32 instruction). ``parts[i].frame`` is set to the record's place in ``w``. */
+/* Writes record i's frame (all but its CRC) at ``w``; returns the frame's size. */
+static inline Py_ssize_t frame_one(Part *part, uint64_t position, uint64_t first,
+                                   uint32_t count, uint8_t *w) {
+    Py_ssize_t length = part->length;
+    Py_ssize_t padded = (length + 7) & ~(Py_ssize_t)7;
+    uint32_t payload_length = (uint32_t)(PAYLOAD_HEAD_BYTES + padded + HASH_BYTES);
+    uint8_t *payload = w + FRAME_BYTES;
+    put_u64(payload, position);
+    put_u64(payload + 8, first);
+    put_u32(payload + 16, count);
+    put_u32(payload + 20, (uint32_t)length);
+    memcpy(payload + PAYLOAD_HEAD_BYTES, part->canonical, (size_t)length);
+    memset(payload + PAYLOAD_HEAD_BYTES + length, 0, (size_t)(padded - length));
+    memcpy(payload + PAYLOAD_HEAD_BYTES + padded, part->hash, HASH_BYTES);
+    put_u32(w, payload_length);
+    part->frame = w;
+    return FRAME_BYTES + payload_length;
+}
+
+/* Asks the CPU to start loading a record's canonical bytes (a few cache lines ahead). */
+static inline void prefetch_part(const Part *part) {
+    const uint8_t *p = part->canonical;
+    for (Py_ssize_t k = 0; k < part->length; k += 64) {
+        __builtin_prefetch(p + k, 0, 3);
+    }
+}
+
+#define FRAME_GROUP 3
+
+/* Frames the records a group of three at a time: writes the three frames, then their
+ * CRCs at once (where the CPU has the crc32 instruction) while those bytes are still in
+ * the first-level cache, and meanwhile asks for the next group's canonical bytes. One
+ * pass over the batch: writing every frame first and computing the CRCs in a second
+ * pass read the whole batch back from a slower cache once a batch outgrew the
+ * second-level one (about 0.2 ms of a 1000-record batch's 0.35 ms). */
 static void frame(Part *parts, Py_ssize_t count, long long last_position, uint8_t *w) {
     uint64_t first = (uint64_t)(last_position + 1);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t length = parts[i].length;
-        Py_ssize_t padded = (length + 7) & ~(Py_ssize_t)7;
-        uint32_t payload_length = (uint32_t)(PAYLOAD_HEAD_BYTES + padded + HASH_BYTES);
-        uint8_t *payload = w + FRAME_BYTES;
-        put_u64(payload, first + (uint64_t)i);
-        put_u64(payload + 8, first);
-        put_u32(payload + 16, (uint32_t)count);
-        put_u32(payload + 20, (uint32_t)length);
-        memcpy(payload + PAYLOAD_HEAD_BYTES, parts[i].canonical, (size_t)length);
-        memset(payload + PAYLOAD_HEAD_BYTES + length, 0, (size_t)(padded - length));
-        memcpy(payload + PAYLOAD_HEAD_BYTES + padded, parts[i].hash, HASH_BYTES);
-        put_u32(w, payload_length);
-        parts[i].frame = w;
-        w += FRAME_BYTES + payload_length;
+    for (Py_ssize_t i = 0; i < count && i < FRAME_GROUP; i++) {
+        prefetch_part(&parts[i]);
     }
-    Py_ssize_t i = 0;
+    for (Py_ssize_t i = 0; i < count; i += FRAME_GROUP) {
+        Py_ssize_t end = i + FRAME_GROUP < count ? i + FRAME_GROUP : count;
+        for (Py_ssize_t k = end; k < count && k < end + FRAME_GROUP; k++) {
+            prefetch_part(&parts[k]);
+        }
+        for (Py_ssize_t k = i; k < end; k++) {
+            w += frame_one(&parts[k], first + (uint64_t)k, first, (uint32_t)count, w);
+        }
 #ifdef HAVE_X86_CRC
-    if (crc_hardware) {
-        for (; i + 3 <= count; i += 3) {
+        if (crc_hardware && end - i == FRAME_GROUP) {
             const uint8_t *p[3];
             size_t n[3];
             uint32_t out[3];
@@ -326,12 +352,13 @@ static void frame(Part *parts, Py_ssize_t count, long long last_position, uint8_
             for (int k = 0; k < 3; k++) {
                 put_u32(parts[i + k].frame + 4, out[k]);
             }
+            continue;
         }
-    }
 #endif
-    for (; i < count; i++) {
-        uint8_t *f = parts[i].frame;
-        put_u32(f + 4, crc32c(0, f + FRAME_BYTES, get_u32(f)));
+        for (Py_ssize_t k = i; k < end; k++) {
+            uint8_t *f = parts[k].frame;
+            put_u32(f + 4, crc32c(0, f + FRAME_BYTES, get_u32(f)));
+        }
     }
 }
 
