@@ -53,10 +53,11 @@ def _book_batches() -> tuple[SyntheticBook, list[list[EventRecord]]]:
 
 def _both(directory: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
     """The report (or the finding) of each pass, native first."""
-    assert audit._native is not None
+    codec = vars(audit)["_native"]  # the module's private handle on the native codec
+    assert codec is not None
     out: list[tuple[object, ...]] = []
     monkeypatch.setattr(audit, "_SPAN_RECORDS", 37)
-    for native in (audit._native, None):
+    for native in (codec, None):
         monkeypatch.setattr(audit, "_native", native)
         try:
             report = audit.replay_wal(directory, None, "book")
