@@ -649,6 +649,66 @@ done:
     return result;
 }
 
+/* --- record_parts ------------------------------------------------------------------------ */
+
+/* record_parts(buf, offsets, position, from_position) -> [(position, canonical, hash), ...]
+ *
+ * The parts of records that a scan has already checked: ``offsets`` (a list of int) are
+ * where they start in ``buf`` and ``position`` is the first one's. Records before
+ * ``from_position`` are skipped. One call per chunk instead of a slice, an unpack and a
+ * tuple per record in Python; a record that does not fit in ``buf`` raises ValueError
+ * (the offsets did not come from a scan of this buffer). */
+static PyObject *py_record_parts(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    PyObject *offsets;
+    long long position, from_position;
+    if (!PyArg_ParseTuple(args, "y*O!LL:record_parts", &view, &PyList_Type, &offsets, &position,
+                          &from_position)) {
+        return NULL;
+    }
+    const uint8_t *buf = view.buf;
+    Py_ssize_t size = view.len;
+    Py_ssize_t count = PyList_GET_SIZE(offsets);
+    Py_ssize_t skip = from_position > position ? (Py_ssize_t)(from_position - position) : 0;
+    if (skip > count) {
+        skip = count;
+    }
+    PyObject *out = PyList_New(count - skip);
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    for (Py_ssize_t i = skip; i < count; i++) {
+        Py_ssize_t off = PyLong_AsSsize_t(PyList_GET_ITEM(offsets, i));
+        if (off == -1 && PyErr_Occurred()) {
+            goto fail;
+        }
+        if (off < 0 || off > size - RECORD_HEAD_BYTES) {
+            goto bounds;
+        }
+        Py_ssize_t end = off + FRAME_BYTES + (Py_ssize_t)get_u32(buf + off);
+        Py_ssize_t length = (Py_ssize_t)get_u32(buf + off + FRAME_BYTES + 20);
+        if (end > size || end - HASH_BYTES < off + RECORD_HEAD_BYTES + length) {
+            goto bounds;
+        }
+        PyObject *item = Py_BuildValue(
+            "(Ly#y#)", position + (long long)i, (const char *)buf + off + RECORD_HEAD_BYTES,
+            length, (const char *)buf + end - HASH_BYTES, (Py_ssize_t)HASH_BYTES);
+        if (item == NULL) {
+            goto fail;
+        }
+        PyList_SET_ITEM(out, i - skip, item);
+    }
+    PyBuffer_Release(&view);
+    return out;
+bounds:
+    PyErr_SetString(PyExc_ValueError, "record_parts: a record does not fit in the buffer");
+fail:
+    Py_DECREF(out);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 /* --- module ------------------------------------------------------------------------------ */
 
 static PyMethodDef methods[] = {
@@ -667,6 +727,8 @@ static PyMethodDef methods[] = {
      "stop_position, offsets, index, index_next, index_stride) -> (offset, stopped, "
      "expected, prev_hash, batch_first, batch_last, batch_start_offset, batch_start_prev, "
      "index_next)"},
+    {"record_parts", py_record_parts, METH_VARARGS,
+     "record_parts(buf, offsets, position, from_position) -> [(position, canonical, hash)]"},
     {NULL, NULL, 0, NULL},
 };
 

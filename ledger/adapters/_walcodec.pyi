@@ -48,3 +48,6 @@ def scan_frames(
     index_stride: int,
     /,
 ) -> tuple[int, int, int, bytes, int, int, int, bytes | None, int]: ...
+def record_parts(
+    buf: Buffer, offsets: list[int], position: int, from_position: int, /
+) -> list[tuple[int, bytes, bytes]]: ...

@@ -1140,7 +1140,11 @@ def scan_records(
     if to_position is not None and from_position > to_position:
         return
     unpack = _RECORD_HEAD.unpack_from
+    parts = getattr(_native, "record_parts", None)  # one call per chunk (native codec)
     for _, buf, _, offsets, _, position in _walk_segments(paths, from_position, to_position):
+        if parts is not None:
+            yield from parts(buf, offsets, position, from_position)
+            continue
         for off in offsets:
             if position >= from_position:
                 length, _, _, _, _, canonical_length = unpack(buf, off)

@@ -313,3 +313,38 @@ def test_reading_gives_the_reference_records_and_index(
     assert list(wal.read(5, 1800)) == native_read == records[4:1800]
     wal.close()
     assert len(native_index[0]) > 1  # the index has entries beyond the segment start
+
+
+class _WithoutRecordParts:
+    """The native codec minus ``record_parts``: scanning natively, slicing in Python."""
+
+    def __getattr__(self, name: str) -> object:
+        if name == "record_parts":
+            raise AttributeError(name)
+        return getattr(native, name)
+
+
+@pytest.mark.parametrize(("first", "last"), [(1, None), (5, 1800), (701, 702), (1901, None)])
+def test_scan_records_gives_the_same_parts_natively_and_in_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: int, last: int | None
+) -> None:
+    records = write_log(tmp_path, [700, 1, 900, 300], segment_size_bytes=1 << 18)
+    assert len(sorted(tmp_path.glob("*.wal"))) > 2  # the scan crosses segments
+    native_parts = list(wal_module.scan_records(tmp_path, first, last))
+    monkeypatch.setattr(wal_module, "_native", _WithoutRecordParts())
+    sliced = list(wal_module.scan_records(tmp_path, first, last))
+    expected = [(r.position, r.canonical(), r.hash) for r in records[first - 1 : last]]
+    assert native_parts == sliced == expected
+
+
+def test_record_parts_refuses_offsets_outside_the_buffer(tmp_path: Path) -> None:
+    assert native is not None
+    data, records, parsed = _segment(tmp_path)
+    offsets = [frame.offset for frame in parsed]
+    assert native.record_parts(data, offsets, 1, 3) == [
+        (r.position, r.canonical(), r.hash) for r in records[2:]
+    ]
+    assert native.record_parts(data, offsets, 1, 99) == []
+    for bad in (len(data) - 8, -8, parsed[-1].offset + 8):
+        with pytest.raises(ValueError, match="does not fit"):
+            native.record_parts(data, [*offsets[:-1], bad], 1, 1)
