@@ -374,6 +374,16 @@ def _fast_path(ctx: ApiContext, h: _Handlers, tcc: TccOperations) -> FastPath:
     async def tcc_cancel(_: None, params: tuple[str, ...], __: Call) -> Response:
         return await tcc.cancel(params[0], params[1])
 
+    def resolve(kind: str) -> Endpoint:
+        async def run(
+            body: ResolvePendingRequest | None, params: tuple[str, ...], call: Call
+        ) -> Response:
+            pending_id = _UUID.validate_python(params[0])  # match() checked that it parses
+            return await h.idempotent_call(call, lambda: h.resolve_pending(pending_id, body, kind))
+
+        route = f"/v1/transfers/{{transfer_id}}/{kind}"
+        return Endpoint(route, _RESOLVE_BODY, run, optional_body=True)
+
     tcc_route = "/v1/tcc/{gid}/{branch_id}/"
     return FastPath(
         limit_bytes=ctx.body_size_max_bytes,
@@ -389,8 +399,15 @@ def _fast_path(ctx: ApiContext, h: _Handlers, tcc: TccOperations) -> FastPath:
             "cancel": Endpoint(tcc_route + "cancel", None, tcc_cancel),
         },
         ident_pattern=IDENT_PATTERN,
+        transfer_actions={"post": resolve("post"), "void": resolve("void")},
+        transfer_id=_UUID,
     )
 
+
+_UUID: TypeAdapter[UUID] = TypeAdapter(UUID)
+_RESOLVE_BODY: TypeAdapter[ResolvePendingRequest | None] = TypeAdapter(
+    ResolvePendingRequest | None
+)
 
 Run = Callable[[], Awaitable[tuple[int, Any]]]
 
@@ -443,6 +460,25 @@ class _Handlers:
     async def create_transfers(self, body: TransfersRequest) -> tuple[int, Any]:
         outcomes = await self.submit(list(body.transfers))
         return 200, self.results([t.id for t in body.transfers], outcomes)
+
+    async def resolve_pending(
+        self, pending_id: UUID, body: ResolvePendingRequest | None, kind: str
+    ) -> tuple[int, Any]:
+        """``POST /v1/transfers/{id}/post`` or ``/void``: the one item's result."""
+        body = body or ResolvePendingRequest()
+        transfer_id = body.id or uuid.uuid5(POST_VOID_NAMESPACE, f"{kind}:{pending_id}")
+        flags = domain.TransferFlags(
+            post_pending_transfer=kind == "post", void_pending_transfer=kind == "void"
+        )
+        command = domain.CreateTransfer(
+            id=transfer_id,
+            pending_id=pending_id,
+            amount_minor=body.amount_minor,
+            flags=flags,
+            metadata=body.metadata,
+        )
+        outcomes = await self.submit([command])
+        return 200, self.results([transfer_id], outcomes)["results"][0]
 
     async def idempotent(self, request: Request, key: str | None, run: Run) -> Response:
         if key is None:
@@ -510,7 +546,7 @@ def _json(status: int, content: Any) -> Response:
 
 def _command_routes(app: FastAPI, h: _Handlers) -> None:
     """POST endpoints: batches of accounts and transfers, post/void of holds."""
-    require, submit, idempotent, results = h.require, h.submit, h.idempotent, h.results
+    require, idempotent = h.require, h.idempotent
 
     @app.post(
         "/v1/accounts",
@@ -534,29 +570,14 @@ def _command_routes(app: FastAPI, h: _Handlers) -> None:
     ) -> Response:
         return await idempotent(request, idempotency_key, lambda: h.create_transfers(body))
 
-    async def resolve(pending_id: UUID, body: ResolvePendingRequest, kind: str) -> dict[str, Any]:
-        transfer_id = body.id or uuid.uuid5(POST_VOID_NAMESPACE, f"{kind}:{pending_id}")
-        flags = domain.TransferFlags(
-            post_pending_transfer=kind == "post", void_pending_transfer=kind == "void"
-        )
-        command = domain.CreateTransfer(
-            id=transfer_id,
-            pending_id=pending_id,
-            amount_minor=body.amount_minor,
-            flags=flags,
-            metadata=body.metadata,
-        )
-        outcomes = await submit([command])
-        return results([transfer_id], outcomes)["results"][0]  # type: ignore[no-any-return]
-
     for kind in ("post", "void"):
-        _resolve_route(app, kind, resolve, idempotent, require("write"))
+        _resolve_route(app, kind, h.resolve_pending, idempotent, require("write"))
 
 
 def _resolve_route(
     app: FastAPI,
     kind: str,
-    resolve: Callable[[UUID, ResolvePendingRequest, str], Awaitable[dict[str, Any]]],
+    resolve: Callable[[UUID, ResolvePendingRequest | None, str], Awaitable[tuple[int, Any]]],
     idempotent: Callable[..., Awaitable[Response]],
     writer: Callable[..., Awaitable[ApiKey]],
 ) -> None:
@@ -568,10 +589,7 @@ def _resolve_route(
         body: ResolvePendingRequest | None = None,
         idempotency_key: IdemKey = None,
     ) -> Response:
-        async def run() -> tuple[int, Any]:
-            return 200, await resolve(transfer_id, body or ResolvePendingRequest(), kind)
-
-        return await idempotent(request, idempotency_key, run)
+        return await idempotent(request, idempotency_key, lambda: resolve(transfer_id, body, kind))
 
     app.post(
         f"/v1/transfers/{{transfer_id}}/{kind}",

@@ -4,7 +4,8 @@ FastAPI's request machinery (routing, dependency solving, parameter extraction, 
 exception and telemetry middleware) costs several times the CPU of the command itself;
 one process's event loop is the bottleneck of the API. :class:`FastPath` answers the
 requests that the hot endpoints take in the common case — ``POST /v1/transfers``,
-``POST /v1/accounts`` and the TCC participant's ``try``, ``confirm`` and ``cancel`` — with
+``POST /v1/accounts``, ``POST /v1/transfers/{id}/post`` and ``/void``, and the TCC
+participant's ``try``, ``confirm`` and ``cancel`` — with
 the same functions the FastAPI routes call, and hands everything else to FastAPI
 untouched, so that there is one source of truth for every error document.
 
@@ -14,8 +15,10 @@ any body already read replayed:
 * the path is exactly one of the hot routes (no ``root_path``), the method is POST and
   no ``Content-Length`` is over the limit;
 * for an endpoint with a body: ``Content-Type`` is plain ``application/json``, the whole
-  body arrived within the limit, it parses with orjson and it validates against the
-  route's model as FastAPI validates it (``validate_python`` on the parsed value).
+  body arrived within the limit (where the body is optional, post and void, an empty
+  one is no body whatever the content type, as for FastAPI), it parses with orjson
+  and it validates against the route's model as FastAPI validates it
+  (``validate_python`` on the parsed value).
   orjson refuses some texts that ``json.loads`` reads (NaN, unpaired surrogates, invalid
   UTF-8, other encodings) and otherwise returns the same values, except integers beyond
   64 bits, which it returns as floats; every integer field of the hot models refuses
@@ -82,6 +85,9 @@ class Endpoint:
     route: str
     body: TypeAdapter[Any] | None
     run: Operation
+    optional_body: bool = False
+    """An empty body is no body (the operation gets None), whatever its content type,
+    as FastAPI treats a route whose body parameter has a default."""
 
 
 class FastPath:
@@ -96,6 +102,8 @@ class FastPath:
         exact: dict[str, Endpoint],
         tcc: dict[str, Endpoint],
         ident_pattern: str,
+        transfer_actions: dict[str, Endpoint] | None = None,
+        transfer_id: TypeAdapter[Any] | None = None,
     ) -> None:
         self.limit = limit_bytes
         self.metrics = metrics
@@ -103,6 +111,10 @@ class FastPath:
         self.exact = exact
         self.tcc = tcc
         self.ident = re.compile(ident_pattern.removeprefix("^").removesuffix("$"))
+        self.transfer_actions = transfer_actions or {}
+        self.transfer_id = transfer_id
+        """Validates the ``{transfer_id}`` of ``/v1/transfers/{transfer_id}/<action>``
+        as the route's path parameter is validated."""
         self.served = 0
         """Requests answered here (not handed on): lets tests see the path is taken."""
 
@@ -114,6 +126,8 @@ class FastPath:
         endpoint = self.exact.get(path)
         if endpoint is not None:
             return endpoint, ()
+        if path.startswith("/v1/transfers/"):
+            return self._match_transfer_action(path)
         if not path.startswith("/v1/tcc/"):
             return None
         parts = path.split("/")
@@ -128,6 +142,19 @@ class FastPath:
         if self.ident.fullmatch(gid) is None or self.ident.fullmatch(branch) is None:
             return None
         return endpoint, (gid, branch)
+
+    def _match_transfer_action(self, path: str) -> tuple[Endpoint, tuple[str, ...]] | None:
+        parts = path.split("/")
+        if len(parts) != 5 or self.transfer_id is None:
+            return None
+        endpoint = self.transfer_actions.get(parts[4])
+        if endpoint is None:
+            return None
+        try:
+            self.transfer_id.validate_python(parts[3])
+        except ValueError:  # pydantic's ValidationError: FastAPI answers with its 422
+            return None
+        return endpoint, (parts[3],)
 
     async def serve(
         self,
@@ -158,7 +185,8 @@ class FastPath:
         body = b""
         value: Any = None
         if endpoint.body is not None:
-            if content_type is None or content_type.lower() not in _JSON_TYPES:
+            json_body = content_type is not None and content_type.lower() in _JSON_TYPES
+            if not json_body and not endpoint.optional_body:
                 await fallback(scope, receive, send)
                 return
             read = await self._read(receive)
@@ -166,11 +194,15 @@ class FastPath:
                 await fallback(scope, _replay(read, receive), send)
                 return
             body = read
-            try:
-                value = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                await fallback(scope, _replay([_message(body)], receive), send)
-                return
+            if body or not endpoint.optional_body:
+                if not json_body:
+                    await fallback(scope, _replay([_message(body)], receive), send)
+                    return
+                try:
+                    value = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    await fallback(scope, _replay([_message(body)], receive), send)
+                    return
         # Any failure up to here, an unexpected one too (PostgreSQL away while a key is
         # verified), is FastAPI's to answer: it runs the same check again and answers
         # as it always does (problem document, or its error middleware's 500).

@@ -174,7 +174,24 @@ _HOLD = st.fixed_dictionaries(
         "extra": _SCALARS,
     },
 )
+_RESOLVE = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": _IDS | st.none(),
+            "amount_minor": _INTS | _SCALARS,
+            "metadata": st.dictionaries(
+                st.text(max_size=3), st.text(max_size=3) | _INTS, max_size=3
+            ),
+            "extra": _SCALARS,
+        },
+    )
+    | _SCALARS
+)
+_A_UUID = "0b6f1c3e-54a2-4f7e-9a51-3c7d2e8f9a10"
 _BODIES = {
+    f"/v1/transfers/{_A_UUID}/post": _RESOLVE,
+    f"/v1/transfers/{_A_UUID}/void": _RESOLVE,
     "/v1/transfers": st.fixed_dictionaries({"transfers": st.lists(_TRANSFER, max_size=3)})
     | _SCALARS,
     "/v1/accounts": st.fixed_dictionaries({"accounts": st.lists(_ACCOUNT, max_size=3)}),
@@ -257,6 +274,47 @@ def _check_route(app: LedgerApi, path: str) -> None:
     for param, value in zip(route.dependant.path_params, params, strict=True):  # type: ignore[attr-defined]
         _, errors = param.validate(value, {}, loc=("path", param.alias))
         assert not errors, (path, param.alias)
+
+
+_TRANSFER_IDS = st.sampled_from(
+    [
+        _A_UUID,
+        _A_UUID.upper(),
+        _A_UUID.replace("-", ""),
+        "{" + _A_UUID + "}",
+        "urn:uuid:" + _A_UUID,
+        _A_UUID[:-1],
+        _A_UUID + "0",
+        _A_UUID + "\n",
+        " " + _A_UUID,
+        "",
+        "x",
+        "post",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    transfer_id=_TRANSFER_IDS,
+    action=st.sampled_from(["post", "void", "Post", "cancel", "", "post/"]),
+    extra=st.sampled_from(["", "/", "/x"]),
+)
+def test_the_fast_path_claims_a_transfer_action_only_for_its_route(
+    app: LedgerApi, transfer_id: str, action: str, extra: str
+) -> None:
+    _check_route(app, f"/v1/transfers/{transfer_id}/{action}{extra}")
+
+
+def test_the_transfer_actions_are_claimed(app: LedgerApi) -> None:
+    assert app.fast is not None
+    for action in ("post", "void"):
+        for form in (_A_UUID, _A_UUID.upper(), _A_UUID.replace("-", "")):
+            scope = {"type": "http", "method": "POST", "root_path": ""}
+            hit = app.fast.match({**scope, "path": f"/v1/transfers/{form}/{action}"})
+            assert hit is not None and hit[1] == (form,), (form, action)
+            assert hit[0].route == f"/v1/transfers/{{transfer_id}}/{action}"
+            assert hit[0].optional_body
 
 
 def test_other_methods_and_mounted_apps_are_left_to_fastapi(app: LedgerApi) -> None:

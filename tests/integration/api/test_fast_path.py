@@ -267,6 +267,61 @@ def test_idempotency_keys_answer_alike(twins: Twins) -> None:
 # -- everything handed on to FastAPI -------------------------------------------------------
 
 
+def test_post_and_void_answer_alike(twins: Twins) -> None:
+    t = twins
+    bank, alice = open_pair(t)
+    holds = [xfer(bank, alice, 100 + i, flags={"pending": True}, timeout_s=3600) for i in range(9)]
+    t.same("/v1/transfers", {"transfers": holds}, fast=True)
+    h = [x["id"] for x in holds]
+    partial = {"amount_minor": 60, "metadata": {"why": "partial"}}
+    assert t.same(f"/v1/transfers/{h[0]}/post", partial, fast=True).json()["status"] == "created"
+    again = t.same(f"/v1/transfers/{h[0]}/post", partial, fast=True)  # the derived id exists
+    assert again.json()["status"] == "exists"
+    other = t.same(f"/v1/transfers/{h[0]}/void", {"id": str(uuid.uuid4())}, fast=True)
+    assert other.json()["status"] == "rejected"  # already posted
+    # An empty body is no body, whatever its content type; so is JSON null.
+    t.same(f"/v1/transfers/{h[1]}/void", content=b"", fast=True)
+    t.same(
+        f"/v1/transfers/{h[2]}/post", content=b"", headers={"content-type": "text/plain"}, fast=True
+    )
+    t.same(f"/v1/transfers/{h[3]}/post", content=b"null", fast=True)
+    # Other spellings of the id, answered in canonical form.
+    t.same(f"/v1/transfers/{h[4].upper()}/void", content=b"", fast=True)
+    t.same(f"/v1/transfers/{h[5].replace('-', '')}/post", {"id": str(uuid.uuid4())}, fast=True)
+    # A hold that does not exist: rejected by the ledger, not by the request checks.
+    t.same(f"/v1/transfers/{uuid.uuid4()}/post", {}, fast=True)
+    key = {"Idempotency-Key": "resolve-1"}
+    t.same(f"/v1/transfers/{h[6]}/post", {"amount_minor": 1}, headers=key, fast=True)
+    replay = t.same(f"/v1/transfers/{h[6]}/post", {"amount_minor": 1}, headers=key, fast=True)
+    assert replay.headers["idempotent-replayed"] == "true"
+    t.same(f"/v1/transfers/{h[6]}/post", {"amount_minor": 2}, headers=key, fast=True)  # misuse
+    # What FastAPI answers: bad ids, bodies, content types and keys.
+    for path, body, content, headers, scope in [
+        ("/v1/transfers/nope/post", {}, None, None, "write"),
+        (f"/v1/transfers/{h[7]}/post", {"amount_minor": -1}, None, None, "write"),
+        (f"/v1/transfers/{h[7]}/post", {"extra": 1}, None, None, "write"),
+        (f"/v1/transfers/{h[7]}/post", [], None, None, "write"),
+        (f"/v1/transfers/{h[7]}/post", None, b"{", None, "write"),
+        (
+            f"/v1/transfers/{h[7]}/post",
+            None,
+            b'{"amount_minor": 1}',
+            {"content-type": "text/plain"},
+            "write",
+        ),
+        (f"/v1/transfers/{h[7]}/void", {}, None, None, "read"),
+        (f"/v1/transfers/{h[7]}/void", {}, None, None, None),
+    ]:
+        t.same(path, body, content=content, headers=headers, scope=scope, fast=False)
+    assert t.same(f"/v1/transfers/{h[7]}/void", {}, fast=True).json()["status"] == "created"
+    for server in (t.fast, t.slow):
+        with httpx.Client(base_url=server.base_url, headers=t.auth("read")) as c:
+            got = c.get(f"/v1/accounts/{alice}").json()["balances"]
+            posted = 60 + 102 + 103 + 1 + 105  # partial, two full posts, 1, the no-dash post
+            assert got["credits_posted"] == posted, server.base_url
+            assert got["credits_pending"] == 108  # only the last hold is still held
+
+
 def test_invalid_requests_answer_alike(twins: Twins) -> None:
     t = twins
     bank, alice = open_pair(t)
