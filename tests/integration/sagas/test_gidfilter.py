@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from ledger.sagas.gidfilter import GidFilter
 
 
@@ -24,3 +26,17 @@ def test_stream_ids_of_both_kinds_are_read_as_gids() -> None:
     assert gids.add_stream_ids(streams) == 3
     assert gids.may_contain("g1") and gids.may_contain("g-2") and gids.may_contain("a:b")
     assert gids.count == 3
+
+
+def test_stream_ids_added_in_bulk_grow_the_filter_and_stay_found() -> None:
+    gids = GidFilter(capacity=100)
+    added = [uuid.uuid4().hex for _ in range(1000)]
+    assert gids.add_stream_ids(f"saga-{g}" for g in added) == 1000
+    assert all(gids.may_contain(g) for g in added)
+    assert gids.count == 1000
+    assert gids.size_bytes == 2 * (100 + 200 + 400 + 800)  # 16 bits per gid of capacity
+
+
+def test_a_capacity_below_one_is_refused() -> None:
+    with pytest.raises(ValueError):
+        GidFilter(capacity=0)
