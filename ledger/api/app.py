@@ -405,9 +405,7 @@ def _fast_path(ctx: ApiContext, h: _Handlers, tcc: TccOperations) -> FastPath:
 
 
 _UUID: TypeAdapter[UUID] = TypeAdapter(UUID)
-_RESOLVE_BODY: TypeAdapter[ResolvePendingRequest | None] = TypeAdapter(
-    ResolvePendingRequest | None
-)
+_RESOLVE_BODY: TypeAdapter[ResolvePendingRequest | None] = TypeAdapter(ResolvePendingRequest | None)
 
 Run = Callable[[], Awaitable[tuple[int, Any]]]
 
