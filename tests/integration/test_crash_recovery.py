@@ -132,7 +132,7 @@ def check_after_recovery(url: str, wal_dir: Path, acked: list[dict[str, str]]) -
     created = [a["id"] for a in acked if a["status"] == "created"]
     rejected = [a["id"] for a in acked if a["status"] == "rejected"]
     with psycopg.connect(url.replace("+psycopg", "")) as conn:
-        counts = dict(
+        counts: dict[str, int] = dict(
             conn.execute(
                 "SELECT stream_id, count(*) FROM events WHERE book_id = %s "
                 "AND stream_id = ANY(%s) GROUP BY stream_id",

@@ -89,7 +89,8 @@ def test_used_ids_are_known_after_restarts_and_recovery(
         fresh = [replace(plain[0], id=numbered(1000 + i)) for i in range(50)]
         assert {o.status for o in await again.submit(fresh)} == {"created"}
         assert again.cache.looked_up - looked_up <= 2  # the two accounts, not the new ids
-        for command in (*accounts, *plain, hold, post):
+        resent: list[domain.Command] = [*accounts, *plain, hold, post]
+        for command in resent:
             [outcome] = await again.submit([command])
             assert outcome.status == "exists", (command, outcome)
         for command in (accounts[2], plain[7], hold, post):

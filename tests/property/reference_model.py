@@ -307,7 +307,9 @@ def decide_one(m: RefLedger, c: Command, now_us: int) -> str:
         return close_account(m, c)
     if isinstance(c, CreateTransfer):
         return create_transfer(m, c, now_us)
-    return expire(m, c)[0]
+    if isinstance(c, ExpirePendingTransfers):
+        return expire(m, c)[0]
+    raise TypeError(f"the reference model does not cover {type(c).__name__}")
 
 
 def _units(commands: list[Command]) -> list[tuple[list[int], bool]]:

@@ -352,6 +352,7 @@ def test_invalid_requests_answer_alike(twins: Twins) -> None:
     # Over 64 bits: orjson refuses it, so FastAPI answers (decide rejects the amount).
     huge = t.same("/v1/transfers", {"transfers": [{**good[0], "amount_minor": 2**70}]}, fast=False)
     assert huge.json()["results"][0]["status"] == "rejected"
+    body: object
     for body in (
         {"transfers": []},
         {"transfers": {}},

@@ -20,13 +20,13 @@ def tcc(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
 
 
 def setup_accounts(c: httpx.Client) -> tuple[str, str]:
-    payer = {
+    payer: dict[str, Any] = {
         "id": str(uuid.uuid4()),
         "ledger": "USD",
         "code": 1,
         "flags": {"debits_must_not_exceed_credits": True},
     }
-    bank = {"id": str(uuid.uuid4()), "ledger": "USD", "code": 1}
+    bank: dict[str, Any] = {"id": str(uuid.uuid4()), "ledger": "USD", "code": 1}
     c.post("/v1/accounts", json={"accounts": [payer, bank]}).raise_for_status()
     fund = {
         "id": str(uuid.uuid4()),

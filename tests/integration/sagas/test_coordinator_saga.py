@@ -123,7 +123,7 @@ def test_a_saga_timeout_compensates_a_step_that_never_answers(
 
 def test_invalid_step_orders_are_refused_with_where_and_why(live: LiveCoordinator) -> None:
     url = "http://127.0.0.1:1/x"
-    cases = [
+    cases: list[tuple[list[tuple[str, str, str | None]], str]] = [
         ([("p", "pivot", None), ("a", "compensable", url)], "compensable after a pivot"),
         ([("p", "pivot", None), ("q", "pivot", None)], "pivot after a pivot"),
         ([("r", "retriable", None), ("p", "pivot", None)], "pivot after a retriable"),

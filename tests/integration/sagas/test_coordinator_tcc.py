@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from ledger.api.auth import ApiKey
 from tests.integration.sagas.conftest import (
     BROKEN,
     FAILURE,
@@ -150,15 +151,15 @@ def test_a_key_not_yet_verified_is_looked_up_once_for_concurrent_starts(
     expired) share one look-up and are then answered on the fast path."""
     token = create_keys(database_url)["write"]
     keys = live.ctx.keys
-    calls = []
+    calls: list[str] = []
     verify = keys.verify
 
-    def slow_verify(text: str) -> Any:
-        calls.append(text)
+    def slow_verify(token: str) -> ApiKey | None:  # the signature of KeyStore.verify
+        calls.append(token)
         time.sleep(0.3)  # long enough for every request below to arrive meanwhile
-        return verify(text)
+        return verify(token)
 
-    keys.verify = slow_verify  # type: ignore[method-assign]
+    keys.verify = slow_verify  # type: ignore[method-assign]  # patched on purpose, undone below
     try:
 
         def start() -> int:

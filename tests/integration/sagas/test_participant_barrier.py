@@ -102,7 +102,7 @@ def test_async_barrier_matches(database_url: str, conn: Any) -> None:
         async with await psycopg.AsyncConnection.connect(dsn(database_url)) as ac:
             seen = []
             for op in ("cancel", "try", "cancel"):
-                async with ac.transaction(), abarrier(ac, "g6", "b1", op) as run:  # type: ignore[arg-type]
+                async with ac.transaction(), abarrier(ac, "g6", "b1", op) as run:
                     seen.append(run)
             return seen
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,11 +89,11 @@ def gid() -> str:
     return f"x-{uuid.uuid4().hex[:12]}"
 
 
-def run(live: LiveCoordinator, path: str, body: dict[str, object]) -> dict[str, object]:
+def run(live: LiveCoordinator, path: str, body: dict[str, object]) -> dict[str, Any]:
     with live.client("write") as c:
         r = c.post(path, json=body, params={"wait": "true"})
     assert r.status_code == 201, r.text
-    state: dict[str, object] = r.json()
+    state: dict[str, Any] = r.json()
     return state
 
 
@@ -128,16 +129,16 @@ def test_cross_book_transfer_to_an_unreachable_node_is_cancelled_at_the_timeout(
         c.post(f"/v1/transactions/{body['gid']}/force-stop", json={"reason": "node B gone"})
 
 
-def wait_status(live: LiveCoordinator, g: str, status: str) -> dict[str, object]:
+def wait_status(live: LiveCoordinator, g: str, status: str) -> dict[str, Any]:
     import time
 
     deadline = time.monotonic() + 10
     with live.client("read") as c:
         while True:
-            state = c.get(f"/v1/transactions/{g}").json()
+            state: dict[str, Any] = c.get(f"/v1/transactions/{g}").json()
             cancel = state["branches"][0].get("cancel", {})
             if state["status"] == status and cancel.get("result") == "success":
-                return state  # type: ignore[no-any-return]
+                return state
             assert time.monotonic() < deadline, state
             time.sleep(0.02)
 
@@ -222,7 +223,7 @@ def test_an_order_whose_inventory_keeps_failing_is_cancelled(
         state = run(live, "/v1/tcc", body)
     assert state["status"] == "cancelled"
     assert state["decision_reason"] == "timed out before every try succeeded"
-    assert state["branches"][1]["try"]["attempts"] >= 2  # type: ignore[index]
+    assert state["branches"][1]["try"]["attempts"] >= 2
     shop.check(paid=0, taken=0)
 
 

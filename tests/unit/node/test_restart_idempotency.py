@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from ledger.adapters.memory import MemoryDatabase, MemoryEventStore
 from ledger.adapters.wal import open_wal
 from ledger.application.node import LedgerNode, NodeConfig
 from ledger.application.recorder import Recorder
+from ledger.application.records import EventRecord
 
 BOOK = "test"
 NOW_US = 1_700_000_000_000_000
@@ -38,9 +40,9 @@ class CountingStore(MemoryEventStore):
 
     def load_records(
         self, snapshot_streams: Sequence[str], creation_streams: Sequence[str]
-    ) -> tuple[dict[str, dict[str, object]], dict[str, object]]:  # type: ignore[override]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, EventRecord]]:
         self.asked.extend(snapshot_streams)
-        return super().load_records(snapshot_streams, creation_streams)  # type: ignore[return-value]
+        return super().load_records(snapshot_streams, creation_streams)
 
 
 async def start(wal_dir: Path, db: MemoryDatabase, every: int = 100_000) -> LedgerNode:
@@ -63,9 +65,7 @@ def open_account() -> domain.OpenAccount:
     return domain.OpenAccount(id=uuid.uuid4(), ledger="USD", code=1)
 
 
-def transfer(
-    debit: uuid.UUID, credit: uuid.UUID, amount: int, **kw: object
-) -> domain.CreateTransfer:
+def transfer(debit: uuid.UUID, credit: uuid.UUID, amount: int, **kw: Any) -> domain.CreateTransfer:
     return domain.CreateTransfer(
         id=uuid.uuid4(),
         debit_account_id=debit,
@@ -73,7 +73,7 @@ def transfer(
         amount_minor=amount,
         ledger="USD",
         code=1,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
@@ -131,8 +131,9 @@ def test_every_used_id_is_known_after_a_restart(tmp_path: Path, every: int) -> N
         assert again_cancel.status == "created" and again_cancel.events == ()
         [refused] = await again.submit([late])
         assert refused.code == Rejection.id_already_cancelled
-        for command in (a, *plain, hold, post):
-            changed = replace(command, code=2)
+        reused: list[domain.OpenAccount | domain.CreateTransfer] = [a, *plain, hold, post]
+        for original in reused:
+            changed = replace(original, code=2)
             [outcome] = await again.submit([changed])
             assert outcome.code == Rejection.id_already_used_with_different_fields, outcome
         await again.close()
@@ -204,7 +205,8 @@ def test_ids_of_a_batch_postgres_lost_are_known_after_recovery(tmp_path: Path) -
         await node.submit([a, b])
         kept = transfer(a.id, b.id, 3)
         await node.submit([kept])
-        lost = [transfer(a.id, b.id, 4), open_account()]
+        lost_transfer = transfer(a.id, b.id, 4)
+        lost: list[domain.Command] = [lost_transfer, open_account()]
         await node.submit(lost)
         await node.close()
         # Take the last batch out of the store, as if its transaction never committed.
@@ -219,7 +221,7 @@ def test_ids_of_a_batch_postgres_lost_are_known_after_recovery(tmp_path: Path) -
         for command in (*lost, kept):
             [outcome] = await again.submit([command])
             assert outcome.status == "exists", (command, outcome)
-        [changed] = await again.submit([replace(lost[0], amount_minor=5)])
+        [changed] = await again.submit([replace(lost_transfer, amount_minor=5)])
         assert changed.code == Rejection.id_already_used_with_different_fields
         await again.close()
 

