@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy ledger projections
+	$(BIN)/mypy ledger projections tests benchmarks
 
 check: lint typecheck test
 
