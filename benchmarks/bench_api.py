@@ -169,6 +169,33 @@ def run_wrk(
     return rps, p50, p99, cpu
 
 
+def run_loadgen(
+    base: str, token: str, ids: list[str], seconds: int, meter: CpuMeter
+) -> tuple[float, float, float, str]:
+    """The same load as :func:`run_wrk` from ``benchmarks.loadgen`` (Python, asyncio
+    streams, its own process), for machines without ``wrk``."""
+    accounts = Path(tempfile.mkstemp(suffix=".ids")[1])
+    accounts.write_text("\n".join(ids[:1000]) + "\n")
+    command = [sys.executable, "-m", "benchmarks.loadgen", "--url", base, "--token", token]
+    command += ["--accounts", str(accounts), "--connections", "64", "--seconds", str(seconds)]
+    meter.start()
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    meter.stop()
+    accounts.unlink()
+    result = orjson.loads(out)
+    if result["non_2xx"]:
+        print(f"  the load generator saw {result['non_2xx']} non-2xx responses", flush=True)
+    requests = int(result["requests"])
+    cpu = meter.per(requests)
+    own = result["cpu_s"] / max(requests, 1) * 1e6
+    print(
+        f"  run: {result['rps']:,.0f} req/s, p50 {result['p50_ms']:.2f} ms, p99 "
+        f"{result['p99_ms']:.2f} ms; {cpu}; load generator {own:.0f} µs CPU per request",
+        flush=True,
+    )
+    return float(result["rps"]), float(result["p50_ms"]), float(result["p99_ms"]), cpu
+
+
 def _ms(text: str) -> float:
     value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -224,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--phases",
         default="single,batch",
-        help="comma-separated: single (wrk, 64 connections), batch (1000-transfer bodies)",
+        help="comma-separated: single (64 connections: wrk, else benchmarks.loadgen), batch "
+        "(1000-transfer bodies)",
     )
     args = parser.parse_args(argv)
     phases = set(args.phases.split(","))
@@ -251,18 +279,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = f"http://127.0.0.1:{port}"
             try:
                 ids = open_accounts(base, token, 1000)
-                if "single" in phases and shutil.which("wrk"):
-                    figures = [run_wrk(base, token, ids, seconds, meter) for _ in range(runs)]
+                if "single" in phases:
+                    generator, run_single = (
+                        ("wrk", run_wrk)
+                        if shutil.which("wrk")
+                        else ("benchmarks.loadgen; wrk is not installed", run_loadgen)
+                    )
+                    figures = [run_single(base, token, ids, seconds, meter) for _ in range(runs)]
                     rps = statistics.median(f[0] for f in figures)
                     p50 = statistics.median(f[1] for f in figures)
                     p99 = statistics.median(f[2] for f in figures)
                     print(
-                        f"single transfers, 64 connections (wrk): {rps:,.0f} req/s, "
+                        f"single transfers, 64 connections ({generator}): {rps:,.0f} req/s, "
                         f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
                         flush=True,
                     )
-                elif "single" in phases:
-                    print("wrk not installed (apt-get install wrk): single-transfer load skipped")
                 if "batch" in phases:
                     rates = [
                         asyncio.run(run_batches(base, token, batch_bodies(ids, batches), meter))
