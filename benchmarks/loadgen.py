@@ -35,18 +35,22 @@ import orjson
 __all__ = ["main"]
 
 
-def _request(host: str, token: str, debit: str, credit: str, transfer_id: str) -> bytes:
+def _head(host: str, token: str) -> bytes:
+    """The request line and headers up to ``Content-Length``: the same for every request
+    of a run, so built once."""
+    return (
+        b"POST /v1/transfers HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: " % (host.encode(), token.encode())
+    )
+
+
+def _request(head: bytes, debit: str, credit: str, transfer_id: str) -> bytes:
     body = (
         b'{"transfers":[{"id":"%s","debit_account_id":"%s","credit_account_id":"%s",'
         b'"amount_minor":1,"ledger":"USD","code":1}]}'
         % (transfer_id.encode(), debit.encode(), credit.encode())
     )
-    head = (
-        b"POST /v1/transfers HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-        % (host.encode(), token.encode(), len(body))
-    )
-    return head + body
+    return b"%b%d\r\n\r\n%b" % (head, len(body), body)
 
 
 def _uuid4(rng: random.Random) -> str:
@@ -67,7 +71,7 @@ class _Connection(asyncio.Protocol):
         failures: list[int],
         seed: int,
     ) -> None:
-        self.authority, self.token, self.ids = authority, token, ids
+        self.head, self.ids = _head(authority, token), ids
         self.deadline, self.latencies, self.failures = deadline, latencies, failures
         self.rng = random.Random(seed)
         self.buffer = b""
@@ -83,7 +87,7 @@ class _Connection(asyncio.Protocol):
     def _send(self) -> None:
         assert self.transport is not None
         a, b = self.rng.sample(self.ids, 2)
-        request = _request(self.authority, self.token, a, b, _uuid4(self.rng))
+        request = _request(self.head, a, b, _uuid4(self.rng))
         self.started = time.perf_counter()
         self.transport.write(request)
 
