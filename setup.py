@@ -1,4 +1,4 @@
-"""Build of the native WAL codec; everything else is declared in pyproject.toml."""
+"""Build of the native WAL codec and record chaining; everything else is declared in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -9,6 +9,12 @@ setup(
             sources=["ledger/adapters/_walcodec.c"],
             libraries=["crypto"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-        )
+        ),
+        Extension(
+            "ledger.application._chain",
+            sources=["ledger/application/_chain.c"],
+            libraries=["crypto"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        ),
     ]
 )

@@ -32,9 +32,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from uuid import UUID, SafeUUID
+from uuid import UUID
 
 from ledger import domain
 from ledger.adapters.postgres import SnapshotRow
@@ -42,27 +42,11 @@ from ledger.application.cache import BookCache
 from ledger.application.errors import NodeStopped, Overloaded
 from ledger.application.ports import EventStore
 from ledger.application.recorder import Recorder, RecoveryReport
-from ledger.application.records import EventRecord, PendingRecord, chain_records
+from ledger.application.records import EventItem, EventRecord, chain_new_events
 
 __all__ = ["LedgerNode", "NodeConfig", "NodeMetrics"]
 
 _log = logging.getLogger(__name__)
-
-_V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_V4_SET = (0x4000 << 64) | (0x8000 << 48)
-_new_uuid = object.__new__
-_set_attr = object.__setattr__
-
-
-def _random_uuids(n: int) -> Iterator[UUID]:
-    """``n`` random (version 4) UUIDs from one ``os.urandom`` call: ``uuid.uuid4()`` costs
-    a system call and a validating constructor per id, which shows on the hot path."""
-    raw = os.urandom(16 * n)
-    for i in range(0, 16 * n, 16):
-        u = _new_uuid(UUID)
-        _set_attr(u, "int", (int.from_bytes(raw[i : i + 16]) & _V4_CLEAR) | _V4_SET)
-        _set_attr(u, "is_safe", SafeUUID.unknown)
-        yield u
 
 
 @dataclass(frozen=True)
@@ -411,27 +395,26 @@ class LedgerNode:
     def _to_records(
         self, outcomes: Sequence[domain.CommandOutcome], now_us: int
     ) -> list[EventRecord]:
-        pending: list[PendingRecord] = []
-        ids = _random_uuids(sum(len(o.events) for o in outcomes))
+        items: list[EventItem] = []
         mark = self.cache.applied
         to_data = domain.event_to_data
         for outcome in outcomes:
             for event in outcome.events:
                 mark(event)
-                pending.append(
-                    PendingRecord(
-                        event_id=next(ids),
-                        stream_id=event.stream_id,
-                        stream_version=event.stream_version,
-                        type=event.type,
-                        schema_version=event.schema_version,
-                        recorded_at_us=now_us,
-                        data=to_data(event),
+                items.append(
+                    (
+                        event.stream_id,
+                        event.stream_version,
+                        event.type,
+                        event.schema_version,
+                        to_data(event),
                     )
                 )
-        if not pending:
+        if not items:
             return []
-        records = chain_records(pending, self._next_position, self._last_hash)
+        records = chain_new_events(
+            items, os.urandom(16 * len(items)), now_us, self._next_position, self._last_hash
+        )
         self._next_position += len(records)
         self._last_hash = records[-1].hash
         return records

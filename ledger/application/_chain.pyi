@@ -1,0 +1,19 @@
+from collections.abc import Callable, Mapping
+from typing import Any
+from uuid import UUID, SafeUUID
+
+from ledger.application.records import EventRecord
+
+def chain_events(
+    items: list[tuple[str, int, str, int, Mapping[str, Any]]],
+    raw_ids: bytes,
+    recorded_at_us: int,
+    first_position: int,
+    prev_hash: bytes,
+    dumps: Callable[..., bytes],
+    option: int,
+    record_type: type[EventRecord],
+    uuid_type: type[UUID],
+    uuid_safe: SafeUUID,
+    /,
+) -> list[EventRecord] | None: ...
