@@ -472,8 +472,8 @@ class PostgresEventStore:
             conn: psycopg.Connection[Any],
         ) -> tuple[dict[str, dict[str, Any]], dict[str, EventRecord]]:
             rows = conn.execute(
-                "SELECT NULL::bigint, NULL::uuid, stream_id, stream_version, NULL, NULL, data, "
-                "NULL::bigint, NULL::bytea, NULL::bytea FROM snapshots "
+                "SELECT NULL::bigint, NULL::uuid, stream_id, stream_version, NULL, NULL, "
+                "data::json, NULL::bigint, NULL::bytea, NULL::bytea FROM snapshots "
                 "WHERE book_id = %(b)s AND stream_id = ANY(%(s)s::text[]) "
                 "UNION ALL " + _SELECT + " WHERE book_id = %(b)s AND stream_id = ANY(%(c)s::text[])"
                 " AND stream_version = 1",

@@ -13,7 +13,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
-    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -24,7 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import JSON, JSONB, UUID
 
 __all__ = [
     "api_keys",
@@ -57,7 +56,8 @@ events = Table(
     Column("stream_version", BigInteger, nullable=False),
     Column("type", String(100), nullable=False),
     Column("schema_version", Integer, nullable=False),
-    Column("data", JSONB, nullable=False),
+    # json, not jsonb: kept as the exact bytes that were hashed (migration 0004)
+    Column("data", JSON, nullable=False),
     Column("recorded_at_us", BigInteger, nullable=False),
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
@@ -130,5 +130,3 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
-
-Index("ix_events_committed_at", events.c.book_id, events.c.committed_at)

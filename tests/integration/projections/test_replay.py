@@ -51,7 +51,7 @@ def test_a_tampered_events_row_is_found_at_its_position(
     with psycopg.connect(dsn(url), autocommit=True) as conn:
         conn.execute("ALTER TABLE events DISABLE TRIGGER events_no_update_delete")
         conn.execute(
-            "UPDATE events SET data = jsonb_set(data, '{amount_minor}', '1') "
+            "UPDATE events SET data = jsonb_set(data::jsonb, '{amount_minor}', '1')::json "
             "WHERE book_id = %s AND position = 1234",
             (BOOK,),
         )
