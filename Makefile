@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test check lint typecheck bench fmt clean
 
-$(STAMP): pyproject.toml setup.py ledger/adapters/_walcodec.c ledger/application/_chain.c
+$(STAMP): pyproject.toml setup.py ledger/adapters/_walcodec.c ledger/application/_chain.c ledger/_replay.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -1,4 +1,5 @@
-"""Build of the native WAL codec and record chaining; everything else is declared in pyproject.toml."""
+"""Build of the native code (WAL codec, record chaining, audit arithmetic); everything else
+is declared in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -8,6 +9,11 @@ setup(
             "ledger.adapters._walcodec",
             sources=["ledger/adapters/_walcodec.c"],
             libraries=["crypto"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        ),
+        Extension(
+            "ledger._replay",
+            sources=["ledger/_replay.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         ),
         Extension(

@@ -64,6 +64,10 @@ try:
     from ledger.adapters import _walcodec as _native
 except ImportError:  # pragma: no cover - the package build compiles it (setup.py)
     _native = None  # type: ignore[assignment]
+try:
+    from ledger import _replay as _native_books
+except ImportError:  # pragma: no cover - the package build compiles it (setup.py)
+    _native_books = None  # type: ignore[assignment]
 
 __all__ = ["AuditReport", "Finding", "replay_command", "replay_wal"]
 
@@ -379,6 +383,9 @@ class _WalScan:
         self._done = 0
         self.on_chunk: Callable[[], None] | None = None
         """Called after every ``CHUNK_POSITIONS`` records (the store check's pace)."""
+        self.books: _Books | None = None
+        """Where ``on_record`` is ``books.apply``: the state the native arithmetic
+        (``ledger/_replay.c``) applies verified transfer events to directly."""
 
     def run(self, on_record: OnRecord, advance: Advance | None) -> None:
         with contextlib.ExitStack() as stack:
@@ -432,6 +439,7 @@ class _WalScan:
         position = self.position
         prev = self.prev
         job = pool.submit(verify, buf, off, size, position, prev, _SPAN_RECORDS)
+        books = self.books if _native_books is not None else None
         while True:
             span_end, span_position, span_prev, count, status = job.result()
             if status == more:
@@ -439,7 +447,33 @@ class _WalScan:
                     verify, buf, span_end, size, span_position, span_prev, _SPAN_RECORDS
                 )
             try:
-                for _ in range(count):
+                done = 0
+                native_next = books is not None
+                while done < count:
+                    if native_next:
+                        assert books is not None
+                        # As many records as the native arithmetic takes: it stops at a
+                        # chunk's end, and before a record it leaves to _Books.
+                        off, position, applied = _native_books.apply_records(
+                            buf,
+                            off,
+                            count - done,
+                            position,
+                            books.accounts,
+                            books.transfers,
+                            books.forbidden,
+                            hashes,
+                            self._chunk_end,
+                        )
+                        if applied:
+                            done += applied
+                            prev = hashes[-1]
+                            if position == self._chunk_end:
+                                self._close_chunk(position, prev, off, advance)
+                                continue
+                        native_next = False
+                        continue
+                    native_next = books is not None
                     length, clen = unpack(buf, off)
                     end = off + 8 + length
                     position += 1
@@ -447,6 +481,7 @@ class _WalScan:
                     prev = buf[end - 32 : end]
                     hashes.append(prev)
                     off = end
+                    done += 1
                     if position == self._chunk_end:
                         self._close_chunk(position, prev, off, advance)
             except BaseException:
@@ -899,6 +934,7 @@ def replay_wal(
     if not scan.paths:
         raise FileNotFoundError(f"no WAL segment files (*.wal) in {directory}")
     books = _Books()
+    scan.books = books
     store = _StoreCheck(database_url, book_id) if database_url else None
     try:
         if store is not None:
@@ -906,7 +942,11 @@ def replay_wal(
         replay_started = time.monotonic()
         try:
             with _collector_paused():
-                scan.run(books.apply, advance)
+                try:
+                    scan.run(books.apply, advance)
+                finally:
+                    if _native_books is not None:
+                        _native_books.forget()
         except _Damage as damage:
             finding = _locate_damage(directory, damage, scan.position)
             if finding is not None:

@@ -1,10 +1,13 @@
-"""The audit's two WAL passes agree: the native one (a helper thread checks each span of
-records in C while the main thread applies the span before) and the reference loop.
+"""The audit's WAL passes agree: the native one (a helper thread checks each span of
+records in C while the main thread applies the span before, its transfer events by the
+native arithmetic of ledger/_replay.c), the same with the arithmetic in Python, and the
+reference loop.
 
-Goal: the faster pass finds exactly what the reference finds, at the same place, and
-never applies a record it has not checked. Method: the same logs (clean, with a flipped
-bit, with a wrong balance re-chained so that only the arithmetic can catch it) through
-both passes, with spans made small so that a log crosses many spans and segments.
+Goal: the faster passes find exactly what the reference finds, at the same place, end
+in the same state, and never apply a record that has not been checked. Method: the same
+logs (clean, with a flipped bit, with a wrong balance re-chained so that only the
+arithmetic can catch it, with a field missing) through every pass, with spans made small
+so that a log crosses many spans and segments.
 """
 
 from __future__ import annotations
@@ -51,14 +54,23 @@ def _book_batches() -> tuple[SyntheticBook, list[list[EventRecord]]]:
     return book, [*book.batches(6, 300), book.expire_all()]
 
 
+PASSES = ("native", "native check, Python arithmetic", "reference")
+CODEC = vars(audit)["_native"]  # the module's private handles on the native code
+BOOKS = vars(audit)["_native_books"]
+
+
+def _set_pass(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    assert CODEC is not None and BOOKS is not None
+    monkeypatch.setattr(audit, "_native", None if name == "reference" else CODEC)
+    monkeypatch.setattr(audit, "_native_books", BOOKS if name == "native" else None)
+
+
 def _both(directory: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
-    """The report (or the finding) of each pass, native first."""
-    codec = vars(audit)["_native"]  # the module's private handle on the native codec
-    assert codec is not None
+    """The report (or the finding) of each pass, in the order of PASSES."""
     out: list[tuple[object, ...]] = []
     monkeypatch.setattr(audit, "_SPAN_RECORDS", 37)
-    for native in (codec, None):
-        monkeypatch.setattr(audit, "_native", native)
+    for name in PASSES:
+        _set_pass(monkeypatch, name)
         try:
             report = audit.replay_wal(directory, None, "book")
             out.append(
@@ -81,8 +93,8 @@ def test_both_passes_give_the_same_clean_bill(
     book, batches = _book_batches()
     _write(tmp_path, batches)
     assert len(segment_paths(tmp_path)) > 3
-    native, reference = _both(tmp_path, monkeypatch)
-    assert native == reference
+    native, python, reference = _both(tmp_path, monkeypatch)
+    assert native == python == reference
     assert native == (
         book.position,
         len(segment_paths(tmp_path)),
@@ -102,8 +114,8 @@ def test_both_passes_locate_a_flipped_bit_alike(
     data = bytearray(segment.read_bytes())
     data[frame.offset + 60] ^= 0x01
     segment.write_bytes(bytes(data))
-    native, reference = _both(tmp_path, monkeypatch)
-    assert native == reference
+    native, python, reference = _both(tmp_path, monkeypatch)
+    assert native == python == reference
     assert native[:2] == ("finding", f"{segment} at byte {frame.offset}")
     assert "crc32c" in str(native[2])
 
@@ -124,8 +136,8 @@ def test_both_passes_find_a_wrong_balance_in_a_well_chained_log(
     data["credit_account_after"] = after
     rechained = _rechained(records, victim, data)
     _write(tmp_path, [rechained[i : i + 500] for i in range(0, len(rechained), 500)])
-    native, reference = _both(tmp_path, monkeypatch)
-    assert native == reference
+    native, python, reference = _both(tmp_path, monkeypatch)
+    assert native == python == reference
     assert native[:2] == ("finding", f"position {victim + 1}")
     assert "re-derives to" in str(native[2])
 
@@ -138,8 +150,32 @@ def test_an_event_missing_a_field_is_a_finding_not_a_crash(
     victim = next(i for i, r in enumerate(records) if r.type == "TransferCreated")
     broken = {k: v for k, v in records[victim].data.items() if k != "debit_account_after"}
     _write(tmp_path, [_rechained(records, victim, broken)])
-    native, reference = _both(tmp_path, monkeypatch)
-    assert native == reference
+    native, python, reference = _both(tmp_path, monkeypatch)
+    assert native == python == reference
     assert native[0] == "finding"
     assert f"position {victim + 1}" in str(native[1])
     assert "cannot be applied" in str(native[2])
+
+
+def test_every_pass_ends_in_the_same_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Holds placed, posted, voided and expired, across many spans, segments and chunks.
+    book, batches = _book_batches()
+    _write(tmp_path, batches)
+    types = {r.type for batch in batches for r in batch}
+    assert {"PendingTransferPosted", "PendingTransferVoided", "PendingTransferExpired"} <= types
+    monkeypatch.setattr(audit, "_SPAN_RECORDS", 37)
+    monkeypatch.setattr(audit, "CHUNK_POSITIONS", 101)
+    states = []
+    for name in PASSES:
+        _set_pass(monkeypatch, name)
+        scan = audit._WalScan(tmp_path)
+        books = audit._Books()
+        scan.books = books
+        scan.run(books.apply, None)
+        states.append(
+            (books.accounts, books.transfers, books.forbidden, scan.chunk_hashes, scan.position)
+        )
+    assert states[0] == states[1] == states[2]
+    accounts = states[0][0]
+    for account in book.state.accounts.values():  # and the state is the node's
+        assert tuple(accounts[str(account.id)][:4]) == tuple(account.balances())
