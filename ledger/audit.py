@@ -76,6 +76,7 @@ _HEADER_BODY = struct.Struct("<8sIIQQ32s")
 _RECORD_HEAD = struct.Struct("<IIQQII")
 _LENGTHS = struct.Struct("<I24xI")  # payload length and canonical length of a record
 _SPAN_RECORDS: Final = 4096  # records per native check, done one span ahead
+_FIRST_SPAN_RECORDS: Final = 256
 _HASH_BYTES: Final = 32
 _SORT = orjson.OPT_SORT_KEYS
 _crc32c: Callable[[bytes], int] = google_crc32c.value
@@ -438,7 +439,8 @@ class _WalScan:
         off = HEADER_BYTES
         position = self.position
         prev = self.prev
-        job = pool.submit(verify, buf, off, size, position, prev, _SPAN_RECORDS)
+        # A short first span, so that applying starts soon after the segment opens.
+        job = pool.submit(verify, buf, off, size, position, prev, _FIRST_SPAN_RECORDS)
         books = self.books if _native_books is not None else None
         while True:
             span_end, span_position, span_prev, count, status = job.result()

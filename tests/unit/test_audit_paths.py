@@ -69,6 +69,7 @@ def _both(directory: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[object
     """The report (or the finding) of each pass, in the order of PASSES."""
     out: list[tuple[object, ...]] = []
     monkeypatch.setattr(audit, "_SPAN_RECORDS", 37)
+    monkeypatch.setattr(audit, "_FIRST_SPAN_RECORDS", 5)
     for name in PASSES:
         _set_pass(monkeypatch, name)
         try:
@@ -164,6 +165,7 @@ def test_every_pass_ends_in_the_same_state(tmp_path: Path, monkeypatch: pytest.M
     types = {r.type for batch in batches for r in batch}
     assert {"PendingTransferPosted", "PendingTransferVoided", "PendingTransferExpired"} <= types
     monkeypatch.setattr(audit, "_SPAN_RECORDS", 37)
+    monkeypatch.setattr(audit, "_FIRST_SPAN_RECORDS", 5)
     monkeypatch.setattr(audit, "CHUNK_POSITIONS", 101)
     states = []
     for name in PASSES:
