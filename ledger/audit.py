@@ -38,6 +38,7 @@ import mmap
 import multiprocessing
 import os
 import queue
+import re
 import struct
 import sys
 import time
@@ -615,50 +616,93 @@ def _store_lines(database_url: str, book_id: str) -> Iterator[bytes]:
                 yield carry
 
 
+_ROW_FORM: Final = (
+    b'{"data":%b,"event_id":"%b","position":%b,"prev_hash":"%b","recorded_at_us":%b,'
+    b'"schema_version":%b,"stream_id":"%b","stream_version":%b,"type":"%b"}'
+)
+"""The canonical bytes of an ``events`` row from its COPY text fields, when ``data`` is
+stored as it was hashed (``json``, migration 0004) and the ids need no JSON escapes."""
+_PLAIN_TEXT = re.compile(rb"[A-Za-z0-9_.:-]*")
+
+
+def _row_canonical(f: list[bytes]) -> bytes:
+    """The canonical bytes of a row, re-serialised from its parsed fields (any row)."""
+    return orjson.dumps(
+        {
+            "data": orjson.loads(_unescape(f[7])),
+            "event_id": f[1].decode(),
+            "position": int(f[0]),
+            "prev_hash": f[8].decode(),
+            "recorded_at_us": int(f[6]),
+            "schema_version": int(f[5]),
+            "stream_id": _unescape(f[2]).decode(),
+            "stream_version": int(f[3]),
+            "type": _unescape(f[4]).decode(),
+        },
+        option=_SORT,
+    )
+
+
 def _verify_store(database_url: str, book_id: str, out: Any) -> None:
     """Runs in the second process: checks each ``events`` row against its hash and the
     chain, and sends ``("chunk", index, hashes)`` per ``CHUNK_POSITIONS`` positions, then
-    ``("done", count, None)`` or ``("finding", where, what)``."""
+    ``("done", count, None)`` or ``("finding", where, what)``.
+
+    A row's canonical bytes are first put together from its text as stored (one format,
+    no parsing); only if that does not give its hash (a row from before ``data`` was
+    ``json``, whose text the database normalised, or ids that JSON escapes) is ``data``
+    parsed and serialised again, and only if that fails too is the row reported."""
     try:
         sha256 = hashlib.sha256
-        dumps, loads = orjson.dumps, orjson.loads
-        expected, prev, hashes = 1, GENESIS_HASH, []
+        plain = _PLAIN_TEXT.fullmatch
+        form = _ROW_FORM
+        expected, prev_hex, hashes = 1, GENESIS_HASH.hex().encode(), []
         for line in _store_lines(database_url, book_id):
             f = line.split(b"\t")
             position = int(f[0])
-            where = f"events row book {book_id!r} position {position} (event {f[1].decode()})"
-            if position != expected:
-                out.put(("finding", where, f"position {expected} is missing"))
+            if position != expected or f[8] != prev_hex:
+                where = f"events row book {book_id!r} position {position} (event {f[1].decode()})"
+                if position != expected:
+                    out.put(("finding", where, f"position {expected} is missing"))
+                else:
+                    out.put(("finding", where, "prev_hash is not the hash of the row before it"))
                 return
-            stored = bytes.fromhex(f[9].decode())
-            if bytes.fromhex(f[8].decode()) != prev:
-                out.put(("finding", where, "prev_hash is not the hash of the row before it"))
-                return
-            canonical = dumps(
-                {
-                    "data": loads(_unescape(f[7])),
-                    "event_id": f[1].decode(),
-                    "position": position,
-                    "prev_hash": f[8].decode(),
-                    "recorded_at_us": int(f[6]),
-                    "schema_version": int(f[5]),
-                    "stream_id": _unescape(f[2]).decode(),
-                    "stream_version": int(f[3]),
-                    "type": _unescape(f[4]).decode(),
-                },
-                option=_SORT,
-            )
-            if sha256(prev + canonical).digest() != stored:
-                out.put(("finding", where, "the row's content does not match its hash (edited?)"))
-                return
-            hashes.append(stored)
-            prev = stored
+            prev = bytes.fromhex(f[8].decode())
+            digest = b""
+            if plain(f[2]) and plain(f[4]):
+                data = f[7] if b"\\" not in f[7] else _unescape(f[7])
+                canonical = form % (data, f[1], f[0], f[8], f[6], f[5], f[2], f[3], f[4])
+                digest = sha256(prev + canonical).hexdigest().encode()
+            if digest != f[9]:
+                digest = sha256(prev + _row_canonical(f)).hexdigest().encode()
+                if digest != f[9]:
+                    where = (
+                        f"events row book {book_id!r} position {position} (event {f[1].decode()})"
+                    )
+                    out.put(
+                        ("finding", where, "the row's content does not match its hash (edited?)")
+                    )
+                    return
+            hashes.append(digest)
+            prev_hex = digest
             if position % CHUNK_POSITIONS == 0:
-                out.put(("chunk", (position - 1) // CHUNK_POSITIONS, b"".join(hashes)))
+                out.put(
+                    (
+                        "chunk",
+                        (position - 1) // CHUNK_POSITIONS,
+                        bytes.fromhex(b"".join(hashes).decode()),
+                    )
+                )
                 hashes = []
             expected += 1
         if hashes:
-            out.put(("chunk", (expected - 2) // CHUNK_POSITIONS, b"".join(hashes)))
+            out.put(
+                (
+                    "chunk",
+                    (expected - 2) // CHUNK_POSITIONS,
+                    bytes.fromhex(b"".join(hashes).decode()),
+                )
+            )
         out.put(("done", expected - 1, None))
     except BaseException as exc:  # report anything to the parent, never hang it
         out.put(("error", f"{type(exc).__name__}: {exc}", None))
@@ -960,12 +1004,26 @@ def replay_wal(
         report.accounts = len(books.accounts)
         report.ledgers = len({a[4] for a in books.accounts.values()})
         report.transfers = len(books.transfers)
-        if store is not None:
-            report.store_events = store.finish(scan)
-        if domain_check:
-            _domain_check(directory, books)
-        if database_url:
-            report.read_models = _compare_read_models(database_url, book_id, books, scan.position)
+        # The read models are compared on a thread while the event store check (another
+        # process) finishes, as the two wait on different things; a finding of the store
+        # check is reported first, as before.
+        read_models = None
+        with ThreadPoolExecutor(1, "audit-read-models") as pool:
+            if database_url:
+                read_models = pool.submit(
+                    _compare_read_models, database_url, book_id, books, scan.position
+                )
+            try:
+                if store is not None:
+                    report.store_events = store.finish(scan)
+                if domain_check:
+                    _domain_check(directory, books)
+            except BaseException:
+                if read_models is not None:
+                    read_models.cancel()
+                raise
+            if read_models is not None:
+                report.read_models = read_models.result()
     finally:
         if store is not None:
             store.close()
