@@ -44,6 +44,11 @@ from ledger.application.ports import SnapshotLike
 from ledger.application.records import GENESIS_HASH, EventRecord
 from ledger.devservices import normalise_pg_url
 
+try:
+    from ledger.application import _chain as _native
+except ImportError:  # pragma: no cover - the package build compiles it (setup.py)
+    _native = None  # type: ignore[assignment]
+
 __all__ = ["WATERMARK_STREAM", "PostgresEventStore", "SnapshotRow"]
 
 WATERMARK_STREAM = "$watermark"
@@ -78,6 +83,31 @@ def _copy_text(value: str) -> str:
     if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
         return value.translate(_COPY_ESCAPES)
     return value
+
+
+def _copy_rows(records: Sequence[EventRecord], book: bytes) -> bytes:
+    """The events table's COPY text rows in Python (the reference for ``copy_rows`` in
+    ``ledger/application/_chain.c``, which builds the same bytes in one call)."""
+    rows = []
+    for r in records:
+        data_json = r.data_json if r.data_json is not None else orjson.dumps(r.data)
+        rows.append(
+            b"%s\t%d\t%s\t%s\t%d\t%s\t%d\t%s\t%d\t\\\\x%s\t\\\\x%s\n"
+            % (
+                book,
+                r.position,
+                str(r.event_id).encode(),
+                _copy_text(r.stream_id).encode(),
+                r.stream_version,
+                _copy_text(r.type).encode(),
+                r.schema_version,
+                data_json.replace(b"\\", b"\\\\"),
+                r.recorded_at_us,
+                r.prev_hash.hex().encode(),
+                r.hash.hex().encode(),
+            )
+        )
+    return b"".join(rows)
 
 
 _UNSAFE_CHARACTERS = "{}\"\\ '"
@@ -320,27 +350,11 @@ class PostgresEventStore:
         costs more than the server's insert at this row size, and the record already
         carries its ``data`` serialised (the same bytes that were hashed)."""
         book = _copy_text(self._book_id).encode()
-        rows = []
-        for r in records:
-            data_json = r.data_json if r.data_json is not None else orjson.dumps(r.data)
-            rows.append(
-                b"%s\t%d\t%s\t%s\t%d\t%s\t%d\t%s\t%d\t\\\\x%s\t\\\\x%s\n"
-                % (
-                    book,
-                    r.position,
-                    str(r.event_id).encode(),
-                    _copy_text(r.stream_id).encode(),
-                    r.stream_version,
-                    _copy_text(r.type).encode(),
-                    r.schema_version,
-                    data_json.replace(b"\\", b"\\\\"),
-                    r.recorded_at_us,
-                    r.prev_hash.hex().encode(),
-                    r.hash.hex().encode(),
-                )
-            )
+        buffer = _native.copy_rows(records, book) if _native is not None else None
+        if buffer is None:
+            buffer = _copy_rows(records, book)
         with conn.cursor() as cur, cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN") as copy:
-            copy.write(b"".join(rows))
+            copy.write(buffer)
 
     def _upsert_snapshots(
         self,

@@ -196,7 +196,7 @@ static PyObject *py_chain_events(PyObject *self, PyObject *args) {
             goto unhandled;
         }
         Py_ssize_t data_n = PyBytes_GET_SIZE(data_json);
-        size_t need = (size_t)data_n + (size_t)sid_n + (size_t)typ_n + 320;
+        size_t need = (size_t)data_n + (size_t)sid_n + (size_t)typ_n + 400; /* 312 fixed */
         char *buf = stack_buf;
         if (need > sizeof(stack_buf)) {
             if (need > heap_size) {
@@ -295,10 +295,176 @@ fail:
     return NULL;
 }
 
+
+/* --- the event store's COPY rows ---------------------------------------------------------
+ *
+ * copy_rows(records, book) -> bytes | None: the text-format COPY rows of `records` for
+ * the events table (columns book_id, position, event_id, stream_id, stream_version, type,
+ * schema_version, data, recorded_at_us, prev_hash, hash), as PostgresEventStore builds
+ * them in Python; None when a record is not of the plain kind (no cached data_json, an
+ * id or type that COPY would have to escape, an integer beyond 64 bits), and the caller
+ * builds the rows in Python. `book` is the book id, already escaped for COPY. */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, size_t more) {
+    if (b->len + more <= b->cap) {
+        return 0;
+    }
+    size_t cap = b->cap ? b->cap : 1 << 16;
+    while (cap < b->len + more) {
+        cap *= 2;
+    }
+    char *grown = PyMem_Realloc(b->p, cap);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = grown;
+    b->cap = cap;
+    return 0;
+}
+
+static int copy_text(PyObject *s, const char **text, Py_ssize_t *length) {
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s)) {
+        return 0;
+    }
+    const char *p = (const char *)PyUnicode_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] == '\\' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r') {
+            return 0;
+        }
+    }
+    *text = p;
+    *length = n;
+    return 1;
+}
+
+static int uuid_bytes(PyObject *uuid, unsigned char out[ID_BYTES]) {
+    PyObject *value = PyObject_GetAttr(uuid, s_int);
+    if (value == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = PyLong_CheckExact(value) &&
+#if PY_VERSION_HEX >= 0x030D0000
+             _PyLong_AsByteArray((PyLongObject *)value, out, ID_BYTES, 0, 0, 0) == 0;
+#else
+             _PyLong_AsByteArray((PyLongObject *)value, out, ID_BYTES, 0, 0) == 0;
+#endif
+    Py_DECREF(value);
+    if (!ok) {
+        PyErr_Clear();
+    }
+    return ok;
+}
+
+static PyObject *py_copy_rows(PyObject *self, PyObject *args) {
+    PyObject *records, *book;
+    if (!PyArg_ParseTuple(args, "OO!:copy_rows", &records, &PyBytes_Type, &book)) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(records, "copy_rows: records must be a sequence");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Buf b = {NULL, 0, 0};
+    PyObject *result = NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject *names[10] = {s_data_json, s_event_id,     s_stream_id, s_type,
+                           s_position,  s_stream_version, s_schema_version,
+                           s_recorded_at_us, s_prev_hash, s_hash};
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *r = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *v[10] = {NULL};
+        int plain = 1;
+        for (int k = 0; k < 10; k++) {
+            v[k] = PyObject_GetAttr(r, names[k]);
+            if (v[k] == NULL) {
+                for (int j = 0; j < k; j++) {
+                    Py_DECREF(v[j]);
+                }
+                goto fail;
+            }
+        }
+        const char *sid = NULL, *typ = NULL;
+        Py_ssize_t sid_n = 0, typ_n = 0;
+        long long ints[4] = {0, 0, 0, 0};
+        unsigned char id[ID_BYTES];
+        plain = PyBytes_CheckExact(v[0]) && uuid_bytes(v[1], id) &&
+                copy_text(v[2], &sid, &sid_n) && copy_text(v[3], &typ, &typ_n) &&
+                exact_int(v[4], &ints[0]) && exact_int(v[5], &ints[1]) &&
+                exact_int(v[6], &ints[2]) && exact_int(v[7], &ints[3]) &&
+                PyBytes_CheckExact(v[8]) && PyBytes_GET_SIZE(v[8]) == HASH_BYTES &&
+                PyBytes_CheckExact(v[9]) && PyBytes_GET_SIZE(v[9]) == HASH_BYTES;
+        if (plain) {
+            const char *data = PyBytes_AS_STRING(v[0]);
+            Py_ssize_t data_n = PyBytes_GET_SIZE(v[0]);
+            size_t need = (size_t)PyBytes_GET_SIZE(book) + (size_t)sid_n + (size_t)typ_n +
+                          2 * (size_t)data_n + 300;
+            if (buf_reserve(&b, need) < 0) {
+                for (int k = 0; k < 10; k++) {
+                    Py_DECREF(v[k]);
+                }
+                goto fail;
+            }
+            char *p = b.p + b.len;
+            p = put(p, PyBytes_AS_STRING(book), (size_t)PyBytes_GET_SIZE(book));
+            *p++ = '\t';
+            p = put_int(p, ints[0]);
+            *p++ = '\t';
+            p = put_uuid(p, id);
+            *p++ = '\t';
+            p = put(p, sid, (size_t)sid_n);
+            *p++ = '\t';
+            p = put_int(p, ints[1]);
+            *p++ = '\t';
+            p = put(p, typ, (size_t)typ_n);
+            *p++ = '\t';
+            p = put_int(p, ints[2]);
+            *p++ = '\t';
+            for (Py_ssize_t j = 0; j < data_n; j++) {
+                if (data[j] == '\\') {
+                    *p++ = '\\';
+                }
+                *p++ = data[j];
+            }
+            *p++ = '\t';
+            p = put_int(p, ints[3]);
+            p = PUT_LITERAL(p, "\t\\\\x");
+            p = put_hex(p, (const unsigned char *)PyBytes_AS_STRING(v[8]), HASH_BYTES);
+            p = PUT_LITERAL(p, "\t\\\\x");
+            p = put_hex(p, (const unsigned char *)PyBytes_AS_STRING(v[9]), HASH_BYTES);
+            *p++ = '\n';
+            b.len = (size_t)(p - b.p);
+        }
+        for (int k = 0; k < 10; k++) {
+            Py_DECREF(v[k]);
+        }
+        if (!plain) {
+            Py_INCREF(Py_None);
+            result = Py_None;
+            goto done;
+        }
+    }
+    result = PyBytes_FromStringAndSize(b.p ? b.p : "", (Py_ssize_t)b.len);
+done:
+fail:
+    PyMem_Free(b.p);
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"chain_events", py_chain_events, METH_VARARGS,
      "chain_events(items, raw_ids, recorded_at_us, first_position, prev_hash, dumps, "
      "option, record_type, uuid_type, uuid_safe) -> list[EventRecord] | None"},
+    {"copy_rows", py_copy_rows, METH_VARARGS,
+     "copy_rows(records, book) -> bytes | None: the events table's COPY text rows"},
     {NULL, NULL, 0, NULL},
 };
 

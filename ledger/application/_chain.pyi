@@ -1,4 +1,4 @@
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID, SafeUUID
 
@@ -17,3 +17,4 @@ def chain_events(
     uuid_safe: SafeUUID,
     /,
 ) -> list[EventRecord] | None: ...
+def copy_rows(records: Sequence[EventRecord], book: bytes, /) -> bytes | None: ...
