@@ -38,7 +38,7 @@ from ledger.adapters.postgres import PostgresEventStore
 from ledger.adapters.wal import open_wal
 from ledger.application.node import LedgerNode, NodeConfig
 from ledger.application.recorder import Recorder
-from ledger.bootstrap import tune_runtime
+from ledger.bootstrap import tune_gc
 from ledger.devservices import start_postgres
 
 __all__ = ["NodeResult", "main", "run_config"]
@@ -115,7 +115,7 @@ async def open_node(url: str, wal_dir: Path, book: str) -> LedgerNode:
     node = await LedgerNode.open(
         Recorder(wal, PostgresEventStore(url, book)), NodeConfig(), expire_pending=False
     )
-    tune_runtime()  # as ledger serve does (ledger.bootstrap)
+    tune_gc()  # as ledger serve does (ledger.bootstrap)
     return node
 
 

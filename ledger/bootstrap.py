@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import sys
 from pathlib import Path
 
 from ledger.adapters.postgres import PostgresEventStore
@@ -19,7 +18,7 @@ from ledger.application.ports import EventStore
 from ledger.application.recorder import Recorder
 from ledger.config import Settings
 
-__all__ = ["node_config", "open_node", "tune_gc", "tune_runtime", "wal_directory"]
+__all__ = ["node_config", "open_node", "tune_gc", "wal_directory"]
 
 _log = logging.getLogger(__name__)
 
@@ -38,23 +37,6 @@ def tune_gc() -> None:
     """
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
-
-
-SWITCH_INTERVAL_S = 0.0005
-
-
-def tune_runtime() -> None:
-    """:func:`tune_gc`, and a shorter interpreter switch interval.
-
-    The node's stages are threads that share one interpreter lock: the decider computes
-    while the WAL and store threads mostly wait on the disk and PostgreSQL. When one of
-    those returns from I/O while the decider holds the lock, it waits for the switch
-    interval (5 ms by default) before it can go on, several times per batch. At 0.5 ms
-    the node's durable transfers/s at batch 1000 rose from 11.2k-11.8k to 12.8k-14.6k
-    in the same day's runs (``benchmarks.bench_node``; 0.05-1 ms all did about as well).
-    """
-    tune_gc()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def node_config(settings: Settings) -> NodeConfig:
@@ -92,5 +74,5 @@ async def open_node(
     node = await LedgerNode.open(
         recorder, node_config(settings), holder=holder, expire_pending=expire_pending
     )
-    tune_runtime()
+    tune_gc()
     return node

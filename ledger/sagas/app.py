@@ -485,7 +485,7 @@ def serve_coordinator(settings: Settings, host: str | None = None, port: int | N
     """Run the coordinator process (uvicorn, one worker: one writer of its book)."""
     from ledger.adapters.migrate import upgrade
     from ledger.api.server import uvicorn_options
-    from ledger.bootstrap import tune_runtime
+    from ledger.bootstrap import tune_gc
     from ledger.devservices import start_embedded_postgres
     from ledger.logs import configure_logging
 
@@ -507,7 +507,7 @@ def serve_coordinator(settings: Settings, host: str | None = None, port: int | N
         # As in the node: with the default thresholds the collector re-traverses the
         # whole heap (the app, its models, every live transaction) every few hundred
         # transactions, for garbage that is almost never cyclic.
-        tune_runtime()
+        tune_gc()
         return coordinator
 
     ctx = CoordinatorContext(
