@@ -754,44 +754,130 @@ static inline uint32_t get_u32(const uint8_t *p) {
  * CRCs, hash chain) whose position follows `position`, appending each record's hash to
  * `hashes`; stops after the record at `stop_position`, or before the first record it
  * leaves to the reference. */
-static PyObject *py_apply_records(PyObject *self, PyObject *args) {
+/* One record at `offset`: its end and kind (1..4, or 0 for one left to the reference),
+ * its envelope in *e. No Python objects are touched, so it runs without the lock. */
+typedef struct {
+    Py_ssize_t offset, end;
+    int kind;
+    Envelope e;
+} Parsed;
+
+static void parse_record(const uint8_t *buf, Py_ssize_t size, Py_ssize_t offset, Parsed *out) {
+    memset(out, 0, sizeof(*out));
+    out->offset = offset;
+    out->end = -1;
+    if (offset < 0 || offset + HEAD_BYTES > size) {
+        return;
+    }
+    uint32_t length = get_u32(buf + offset);
+    uint32_t clen = get_u32(buf + offset + 28);
+    Py_ssize_t end = offset + 8 + (Py_ssize_t)length;
+    if (end > size || (Py_ssize_t)clen + HEAD_BYTES + HASH_BYTES > 8 + (Py_ssize_t)length) {
+        return; /* not a record this code should see: the reference */
+    }
+    out->end = end;
+    const char *canonical = (const char *)buf + offset + HEAD_BYTES;
+    const char *p = read_object(skip_ws(canonical, canonical + clen), canonical + clen,
+                                envelope_member, &out->e);
+    if (p == NULL || skip_ws(p, canonical + clen) != canonical + clen) {
+        return;
+    }
+    out->kind = event_kind(&out->e.type);
+}
+
+/* The parsed records of a span: a header naming the buffer they point into. */
+typedef struct {
+    const void *base;
+    Py_ssize_t size, count;
+} ParsedHead;
+
+/* parse_records(buf, offset, count) -> bytes: the envelopes of `count` records from
+ * `offset`, read without the interpreter lock (the audit's checking thread does this
+ * right after it has verified them), for apply_records to use. */
+static PyObject *py_parse_records(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t offset, count;
+    if (!PyArg_ParseTuple(args, "y*nn:parse_records", &view, &offset, &count)) {
+        return NULL;
+    }
+    if (count < 0 || count > (1 << 20)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "parse_records: count out of range");
+        return NULL;
+    }
+    PyObject *out =
+        PyBytes_FromStringAndSize(NULL, sizeof(ParsedHead) + (size_t)count * sizeof(Parsed));
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    ParsedHead *head = (ParsedHead *)PyBytes_AS_STRING(out);
+    Parsed *records = (Parsed *)(head + 1);
+    head->base = view.buf;
+    head->size = view.len;
+    head->count = count;
+    const uint8_t *buf = view.buf;
+    Py_ssize_t size = view.len;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        parse_record(buf, size, offset, &records[i]);
+        if (records[i].end < 0) {
+            for (Py_ssize_t j = i + 1; j < count; j++) {
+                memset(&records[j], 0, sizeof(Parsed));
+                records[j].end = -1;
+            }
+            break;
+        }
+        offset = records[i].end;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyObject *py_apply_records(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t offset, count, first = 0;
     long long position, stop_position;
     Books books;
-    PyObject *hashes;
-    if (!PyArg_ParseTuple(args, "y*nnLO!O!O!O!L:apply_records", &view, &offset, &count,
+    PyObject *hashes, *parsed_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nnLO!O!O!O!L|On:apply_records", &view, &offset, &count,
                           &position, &PyDict_Type, &books.accounts, &PyDict_Type,
                           &books.transfers, &PySet_Type, &books.forbidden, &PyList_Type,
-                          &hashes, &stop_position)) {
+                          &hashes, &stop_position, &parsed_obj, &first)) {
         return NULL;
     }
     const uint8_t *buf = view.buf;
     Py_ssize_t size = view.len;
+    /* Records parsed beforehand are used only if they were read from this very buffer
+     * and at the same offsets; any other record is read here. */
+    const Parsed *parsed = NULL;
+    Py_ssize_t parsed_count = 0;
+    if (parsed_obj != Py_None && PyBytes_CheckExact(parsed_obj) &&
+        (size_t)PyBytes_GET_SIZE(parsed_obj) >= sizeof(ParsedHead)) {
+        const ParsedHead *head = (const ParsedHead *)PyBytes_AS_STRING(parsed_obj);
+        if (head->base == view.buf && head->size == view.len && first >= 0 &&
+            (size_t)PyBytes_GET_SIZE(parsed_obj) ==
+                sizeof(ParsedHead) + (size_t)head->count * sizeof(Parsed)) {
+            parsed = (const Parsed *)(head + 1);
+            parsed_count = head->count;
+        }
+    }
     Py_ssize_t applied = 0;
+    Parsed local;
     while (applied < count && position != stop_position) {
-        if (offset < 0 || offset + HEAD_BYTES > size) {
+        const Parsed *rec;
+        Py_ssize_t index = first + applied;
+        if (parsed != NULL && index < parsed_count && parsed[index].offset == offset) {
+            rec = &parsed[index];
+        } else {
+            parse_record(buf, size, offset, &local);
+            rec = &local;
+        }
+        if (rec->end < 0 || rec->kind == 0) {
             break;
         }
-        uint32_t length = get_u32(buf + offset);
-        uint32_t clen = get_u32(buf + offset + 28);
-        Py_ssize_t end = offset + 8 + (Py_ssize_t)length;
-        if (end > size || (Py_ssize_t)clen + HEAD_BYTES + HASH_BYTES > 8 + (Py_ssize_t)length) {
-            break; /* not a record this function should see: the reference */
-        }
-        const char *canonical = (const char *)buf + offset + HEAD_BYTES;
-        Envelope e;
-        memset(&e, 0, sizeof(e));
-        const char *p = read_object(skip_ws(canonical, canonical + clen), canonical + clen,
-                                    envelope_member, &e);
-        if (p == NULL || skip_ws(p, canonical + clen) != canonical + clen) {
-            break;
-        }
-        int kind = event_kind(&e.type);
-        if (kind == 0) {
-            break;
-        }
-        int r = apply(&books, &e, kind, position + 1);
+        int r = apply(&books, &rec->e, rec->kind, position + 1);
         if (r < 0) {
             PyBuffer_Release(&view);
             return NULL;
@@ -799,7 +885,7 @@ static PyObject *py_apply_records(PyObject *self, PyObject *args) {
         if (r == 0) {
             break;
         }
-        PyObject *digest = PyBytes_FromStringAndSize((const char *)buf + end - HASH_BYTES,
+        PyObject *digest = PyBytes_FromStringAndSize((const char *)buf + rec->end - HASH_BYTES,
                                                      HASH_BYTES);
         if (digest == NULL || PyList_Append(hashes, digest) < 0) {
             Py_XDECREF(digest);
@@ -808,7 +894,7 @@ static PyObject *py_apply_records(PyObject *self, PyObject *args) {
         }
         Py_DECREF(digest);
         position++;
-        offset = end;
+        offset = rec->end;
         applied++;
     }
     PyBuffer_Release(&view);
@@ -823,7 +909,9 @@ static PyObject *py_forget(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"apply_records", py_apply_records, METH_VARARGS,
      "apply_records(buf, offset, count, position, accounts, transfers, forbidden, hashes, "
-     "stop_position) -> (offset, position, applied)"},
+     "stop_position, parsed=None, first=0) -> (offset, position, applied)"},
+    {"parse_records", py_parse_records, METH_VARARGS,
+     "parse_records(buf, offset, count) -> bytes: envelopes read without the lock"},
     {"forget", py_forget, METH_NOARGS,
      "forget() -> None: drop the table of accounts kept between calls."},
     {NULL, NULL, 0, NULL},

@@ -12,6 +12,9 @@ def apply_records(
     forbidden: set[str],
     hashes: list[bytes],
     stop_position: int,
+    parsed: bytes | None = None,
+    first: int = 0,
     /,
 ) -> tuple[int, int, int]: ...
+def parse_records(buf: Buffer, offset: int, count: int, /) -> bytes: ...
 def forget() -> None: ...

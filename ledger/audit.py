@@ -440,15 +440,23 @@ class _WalScan:
         off = HEADER_BYTES
         position = self.position
         prev = self.prev
-        # A short first span, so that applying starts soon after the segment opens.
-        job = pool.submit(verify, buf, off, size, position, prev, _FIRST_SPAN_RECORDS)
         books = self.books if _native_books is not None else None
+
+        def check(start: int, at: int, before: bytes, n: int) -> tuple[Any, ...]:
+            """On the helper thread: verify a span, then (for the native arithmetic)
+            read the envelopes of the records it verified, both without the lock."""
+            result = verify(buf, start, size, at, before, n)
+            parsed = None
+            if books is not None and result[3]:
+                parsed = _native_books.parse_records(buf, start, result[3])
+            return (*result, parsed)
+
+        # A short first span, so that applying starts soon after the segment opens.
+        job = pool.submit(check, off, position, prev, _FIRST_SPAN_RECORDS)
         while True:
-            span_end, span_position, span_prev, count, status = job.result()
+            span_end, span_position, span_prev, count, status, parsed = job.result()
             if status == more:
-                job = pool.submit(
-                    verify, buf, span_end, size, span_position, span_prev, _SPAN_RECORDS
-                )
+                job = pool.submit(check, span_end, span_position, span_prev, _SPAN_RECORDS)
             try:
                 done = 0
                 native_next = books is not None
@@ -467,6 +475,8 @@ class _WalScan:
                             books.forbidden,
                             hashes,
                             self._chunk_end,
+                            parsed,
+                            done,
                         )
                         if applied:
                             done += applied

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ledger import audit
-from ledger.adapters.wal import open_wal, segment_paths
+from ledger.adapters.wal import HEADER_BYTES, open_wal, segment_paths
 from ledger.application.records import GENESIS_HASH, EventRecord, PendingRecord, chain_records
 from projections.workload import SyntheticBook
 from tests.unit.wal.support import frames
@@ -181,3 +181,38 @@ def test_every_pass_ends_in_the_same_state(tmp_path: Path, monkeypatch: pytest.M
     accounts = states[0][0]
     for account in book.state.accounts.values():  # and the state is the node's
         assert tuple(accounts[str(account.id)][:4]) == tuple(account.balances())
+
+
+def test_envelopes_read_ahead_are_used_only_for_their_own_buffer(tmp_path: Path) -> None:
+    # apply_records takes the envelopes parse_records read on the checking thread; given
+    # those of another buffer, or at other offsets, it reads the records itself.
+    _, batches = _book_batches()
+    _write(tmp_path, batches)
+    data = segment_paths(tmp_path)[0].read_bytes()
+    copy = bytes(bytearray(data))  # the same bytes at another address
+    start = HEADER_BYTES
+    parsed = BOOKS.parse_records(data, start, 50)
+    states = []
+    for buf, ahead, first in (
+        (data, None, 0),
+        (data, parsed, 0),
+        (copy, parsed, 0),
+        (data, parsed, 7),
+    ):
+        books = audit._Books()
+        hashes: list[bytes] = []
+        off, position = start, 0
+        while position < 50:  # accounts are opened in Python, transfers natively
+            off, position, applied = BOOKS.apply_records(
+                buf, off, 50 - position, position, books.accounts, books.transfers,
+                books.forbidden, hashes, 1 << 40, ahead, first + position,
+            )  # fmt: skip
+            if not applied:
+                length, clen = audit._LENGTHS.unpack_from(buf, off)
+                position += 1
+                books.apply(position, audit._envelope(position, buf[off + 32 : off + 32 + clen]))
+                hashes.append(buf[off + 8 + length - 32 : off + 8 + length])
+                off += 8 + length
+        states.append((off, books.accounts, books.transfers, hashes))
+    assert states[0] == states[1] == states[2] == states[3]
+    assert len(states[0][2]) > 0  # some transfers were applied
