@@ -27,6 +27,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define HASH_BYTES 32
 #define HEAD_BYTES 32
@@ -78,6 +81,27 @@ static const char *read_string(const char *p, const char *end, const char **s, P
     const char *start = ++p;
     int esc = 0;
     while (p < end) {
+#if defined(__SSE2__)
+        /* 16 bytes at a time up to the first quote, backslash or control character. */
+        while (end - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)p);
+            __m128i special = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+                /* c < 0x20 (unsigned): the signed compare after flipping the top bit */
+                _mm_cmplt_epi8(_mm_xor_si128(v, _mm_set1_epi8((char)0x80)),
+                               _mm_set1_epi8((char)(0x20 ^ 0x80))));
+            int mask = _mm_movemask_epi8(special);
+            if (mask != 0) {
+                p += __builtin_ctz((unsigned)mask);
+                break;
+            }
+            p += 16;
+        }
+        if (p >= end) {
+            break;
+        }
+#endif
         char c = *p;
         if (c == '"') {
             *s = start;

@@ -216,3 +216,46 @@ def test_envelopes_read_ahead_are_used_only_for_their_own_buffer(tmp_path: Path)
         states.append((off, books.accounts, books.transfers, hashes))
     assert states[0] == states[1] == states[2] == states[3]
     assert len(states[0][2]) > 0  # some transfers were applied
+
+
+def test_strings_with_escapes_anywhere_read_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Metadata strings of every length, with quotes, backslashes, control characters
+    # (which JSON escapes) and non-ASCII text at every offset around 16-byte blocks.
+    _, batches = _book_batches()
+    records = [r for batch in batches[:3] for r in batch]
+    pending = []
+    for i, r in enumerate(records):
+        data = r.data
+        if r.type == "TransferCreated" and i % 3 == 0:
+            n = i % 40
+            text = "x" * n + '"\\\n\t\x01é'[i % 6] + "y" * (i % 17)
+            data = {**r.data, "metadata": {"note" * (i % 3): text, "k" + "z" * n: "ü" * n}}
+        pending.append(
+            PendingRecord(
+                r.event_id,
+                r.stream_id,
+                r.stream_version,
+                r.type,
+                r.schema_version,
+                r.recorded_at_us,
+                data,
+            )
+        )
+    _write(tmp_path, [chain_records(pending, 1, GENESIS_HASH)])
+    native, python, reference = _both(tmp_path, monkeypatch)
+    assert native == python == reference
+    assert native[0] == len(records)
+    # ... and the native pass read every transfer event itself, none fell back.
+    _set_pass(monkeypatch, "native")
+    by_python: list[str] = []
+    apply = audit._Books.apply
+
+    def counted(self: audit._Books, position: int, env: audit._Envelope) -> None:
+        by_python.append(env.type)
+        apply(self, position, env)
+
+    monkeypatch.setattr(audit._Books, "apply", counted)
+    audit.replay_wal(tmp_path, None, "book")
+    assert by_python and set(by_python) == {"AccountOpened"}
