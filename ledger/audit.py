@@ -59,7 +59,7 @@ from ledger.adapters.wal import (
     segment_paths,
     verify_wal,
 )
-from ledger.application.records import GENESIS_HASH
+from ledger.application.records import CANONICAL_FORM, GENESIS_HASH, PLAIN_TEXT
 
 try:
     from ledger.adapters import _walcodec as _native
@@ -626,13 +626,11 @@ def _store_lines(database_url: str, book_id: str) -> Iterator[bytes]:
                 yield carry
 
 
-_ROW_FORM: Final = (
-    b'{"data":%b,"event_id":"%b","position":%b,"prev_hash":"%b","recorded_at_us":%b,'
-    b'"schema_version":%b,"stream_id":"%b","stream_version":%b,"type":"%b"}'
-)
-"""The canonical bytes of an ``events`` row from its COPY text fields, when ``data`` is
-stored as it was hashed (``json``, migration 0004) and the ids need no JSON escapes."""
-_PLAIN_TEXT = re.compile(rb"[A-Za-z0-9_.:-]*")
+_ROW_FORM: Final = CANONICAL_FORM.replace(b"%d", b"%b")
+"""The canonical bytes of an ``events`` row from its COPY text fields (the integers as the
+text COPY gives them), when ``data`` is stored as it was hashed (``json``, migration 0004)
+and the ids need no JSON escapes."""
+_PLAIN_TEXT = re.compile(PLAIN_TEXT.pattern.encode())
 
 
 def _row_canonical(f: list[bytes]) -> bytes:

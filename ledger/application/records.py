@@ -141,7 +141,9 @@ def canonical_bytes(
     )
 
 
-_SAFE = re.compile(r"^[A-Za-z0-9_.:-]*$")
+PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.:-]*")
+"""Stream ids and type names written into canonical bytes as they are (no JSON escapes);
+use ``fullmatch`` (``$`` would also accept a trailing newline)."""
 
 
 def _fast_canonical(
@@ -157,7 +159,7 @@ def _fast_canonical(
 ) -> bytes:
     """:func:`canonical_bytes` built around already-serialised ``data`` (no second pass
     over it). Byte-identical to the orjson form; a test checks that on random records."""
-    return _CANONICAL_FORM % (
+    return CANONICAL_FORM % (
         data_json,
         str(event_id).encode(),
         position,
@@ -170,7 +172,7 @@ def _fast_canonical(
     )
 
 
-_CANONICAL_FORM = (
+CANONICAL_FORM = (
     b'{"data":%b,"event_id":"%b","position":%d,"prev_hash":"%b","recorded_at_us":%d,'
     b'"schema_version":%d,"stream_id":"%b","stream_version":%d,"type":"%b"}'
 )
@@ -206,8 +208,8 @@ def chain_records(
     for p in pending:
         data_json = orjson.dumps(p.data, option=_SORT)
         if (
-            _SAFE.match(p.stream_id)
-            and _SAFE.match(p.type)
+            PLAIN_TEXT.fullmatch(p.stream_id)
+            and PLAIN_TEXT.fullmatch(p.type)
             and type(p.stream_version) is int
             and type(p.schema_version) is int
             and type(p.recorded_at_us) is int

@@ -51,6 +51,15 @@ def test_fast_canonical_bytes_equal_the_orjson_form(
     assert list(verify_chain([plain], position, GENESIS_HASH)) == [plain]
 
 
+@pytest.mark.parametrize("stream", ["account-1\n", "a\nb", "tab\t"])
+def test_ids_with_a_newline_or_tab_are_escaped_as_orjson_does(stream: str) -> None:
+    pending = PendingRecord(uuid.uuid4(), stream, 1, "T\n", 1, 5, {"n": 1})
+    [record] = chain_records([pending], 1, GENESIS_HASH)
+    assert record.canonical() == canonical_bytes(
+        1, pending.event_id, stream, 1, "T\n", 1, 5, {"n": 1}, GENESIS_HASH
+    )
+
+
 def test_chain_detects_edits_gaps_and_reordering() -> None:
     pend = [PendingRecord(uuid.uuid4(), f"s-{i}", 1, "T", 1, i, {"n": i}) for i in range(4)]
     records = chain_records(pend, 1, GENESIS_HASH)
