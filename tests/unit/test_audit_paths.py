@@ -31,9 +31,9 @@ def _write(directory: Path, batches: list[list[EventRecord]]) -> None:
     wal.close()
 
 
-def _rechained(records: list[EventRecord], victim: int, data: dict[str, Any]) -> list[EventRecord]:
-    """``records`` with the data of ``records[victim]`` replaced, chained anew from the
-    genesis hash (so every CRC and hash holds)."""
+def _rechained(records: list[EventRecord], changes: dict[int, dict[str, Any]]) -> list[EventRecord]:
+    """``records`` with the data of ``records[i]`` replaced by ``changes[i]``, chained
+    anew from the genesis hash (so every CRC and hash holds)."""
     pending = [
         PendingRecord(
             r.event_id,
@@ -42,7 +42,7 @@ def _rechained(records: list[EventRecord], victim: int, data: dict[str, Any]) ->
             r.type,
             r.schema_version,
             r.recorded_at_us,
-            data if i == victim else r.data,
+            changes.get(i, r.data),
         )
         for i, r in enumerate(records)
     ]
@@ -135,7 +135,7 @@ def test_both_passes_find_a_wrong_balance_in_a_well_chained_log(
     after = dict(data["credit_account_after"])
     after["credits_posted"] += 1
     data["credit_account_after"] = after
-    rechained = _rechained(records, victim, data)
+    rechained = _rechained(records, {victim: data})
     _write(tmp_path, [rechained[i : i + 500] for i in range(0, len(rechained), 500)])
     native, python, reference = _both(tmp_path, monkeypatch)
     assert native == python == reference
@@ -150,7 +150,7 @@ def test_an_event_missing_a_field_is_a_finding_not_a_crash(
     records = [r for batch in batches[:2] for r in batch]
     victim = next(i for i, r in enumerate(records) if r.type == "TransferCreated")
     broken = {k: v for k, v in records[victim].data.items() if k != "debit_account_after"}
-    _write(tmp_path, [_rechained(records, victim, broken)])
+    _write(tmp_path, [_rechained(records, {victim: broken})])
     native, python, reference = _both(tmp_path, monkeypatch)
     assert native == python == reference
     assert native[0] == "finding"
@@ -225,25 +225,13 @@ def test_strings_with_escapes_anywhere_read_alike(
     # (which JSON escapes) and non-ASCII text at every offset around 16-byte blocks.
     _, batches = _book_batches()
     records = [r for batch in batches[:3] for r in batch]
-    pending = []
+    changes = {}
     for i, r in enumerate(records):
-        data = r.data
         if r.type == "TransferCreated" and i % 3 == 0:
             n = i % 40
             text = "x" * n + '"\\\n\t\x01é'[i % 6] + "y" * (i % 17)
-            data = {**r.data, "metadata": {"note" * (i % 3): text, "k" + "z" * n: "ü" * n}}
-        pending.append(
-            PendingRecord(
-                r.event_id,
-                r.stream_id,
-                r.stream_version,
-                r.type,
-                r.schema_version,
-                r.recorded_at_us,
-                data,
-            )
-        )
-    _write(tmp_path, [chain_records(pending, 1, GENESIS_HASH)])
+            changes[i] = {**r.data, "metadata": {"note" * (i % 3): text, "k" + "z" * n: "ü" * n}}
+    _write(tmp_path, [_rechained(records, changes)])
     native, python, reference = _both(tmp_path, monkeypatch)
     assert native == python == reference
     assert native[0] == len(records)
