@@ -28,6 +28,9 @@ from uuid import UUID
 import httpx
 from pydantic import BaseModel
 
+_JITTER = random.Random()
+"""Back-off jitter from a generator of this module's own: the process-wide one is left alone."""
+
 __all__ = [
     "Account",
     "ApiError",
@@ -221,7 +224,7 @@ class _Retry:
 
     def delay_s(self, attempt: int, response: httpx.Response | None) -> float:
         base = min(self.backoff_s * (1 << min(attempt, 30)), self.backoff_max_s)
-        delay = base * (0.5 + random.random() / 2)
+        delay = base * (0.5 + _JITTER.random() / 2)
         if response is not None:
             header = response.headers.get("retry-after")
             if header and header.isdigit():

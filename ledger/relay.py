@@ -41,6 +41,9 @@ from aiokafka.errors import KafkaError
 from ledger.config import Settings
 from ledger.devservices import normalise_pg_url
 
+_JITTER = random.Random()
+"""Back-off jitter from a generator of this module's own: the process-wide one is left alone."""
+
 __all__ = [
     "Relay",
     "RelayConfig",
@@ -313,7 +316,7 @@ class Relay:
 
 def _backoff_s(failures: int, cap_ms: int) -> float:
     ceiling = min(cap_ms, RETRY_BASE_MS * 2 ** min(failures, 16))
-    return random.uniform(ceiling / 2, ceiling) / 1000
+    return _JITTER.uniform(ceiling / 2, ceiling) / 1000
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

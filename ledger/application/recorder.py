@@ -44,6 +44,9 @@ from ledger.application.errors import EventStoreUnavailable, RecoveryFailed
 from ledger.application.ports import EventLog, EventStore, SnapshotLike
 from ledger.application.records import EventRecord
 
+_JITTER = random.Random()
+"""Back-off jitter from a generator of this module's own: the process-wide one is left alone."""
+
 __all__ = ["Recorder", "RecoveryReport", "WalWithTail"]
 
 _log = logging.getLogger(__name__)
@@ -239,7 +242,7 @@ class Recorder:
                     self._on_retry(attempt, exc)
                 if attempt in (1, 10) or attempt % 100 == 0:
                     _log.warning("event store unavailable (attempt %d): %s", attempt, exc)
-                time.sleep(delay_ms / 1000 * (0.5 + random.random() / 2))
+                time.sleep(delay_ms / 1000 * (0.5 + _JITTER.random() / 2))
                 delay_ms = min(delay_ms * 2, float(self.retry_max_ms))
                 self._reassert_lease()
                 if records and self._already_stored(records):

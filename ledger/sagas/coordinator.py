@@ -226,6 +226,8 @@ class Coordinator:
         self._done: dict[str, asyncio.Event] = {}
         self._reserved: dict[str, asyncio.Event] = {}
         self.recovery: RecoveryReport | None = None
+        self.resumed: list[str] = []
+        """The gids of the unfinished transactions this start took up again."""
         self.closing = False
         self.gids = GidLookup(config.database_url, config.book_id)
         # labels() takes a lock and builds a key on every call: each child is looked up once
@@ -294,6 +296,7 @@ class Coordinator:
         journal.start()
         for events in replayed.streams.values():
             txn = replay(events)
+            coordinator.resumed.append(txn.gid)
             coordinator._launch(txn, first_recorded=False)
         if replayed.streams:
             _log.info("coordinator resumed %d unfinished transactions", len(replayed.streams))
