@@ -851,12 +851,16 @@ def _compare_balances(conn: Any, book_id: str, books: _Books) -> str:
 
 
 def _compare_entries(conn: Any, book_id: str, books: _Books) -> str:
+    # One hash aggregate over the entries, then the last entry of each account by its key
+    # (a window and a sort over every entry took six times as long in PostgreSQL).
     rows = conn.execute(
-        "SELECT DISTINCT ON (account_id) account_id::text, count(*) OVER w, "
-        "sum(amount_minor) OVER w, position, debits_pending, debits_posted, credits_pending, "
-        "credits_posted FROM account_entries WHERE book_id = %s "
-        "WINDOW w AS (PARTITION BY account_id) ORDER BY account_id, position DESC",
-        (book_id,),
+        "SELECT g.account_id::text, g.n, g.total, e.position, e.debits_pending, "
+        "e.debits_posted, e.credits_pending, e.credits_posted FROM ("
+        "SELECT account_id, count(*) AS n, sum(amount_minor) AS total, max(position) AS last "
+        "FROM account_entries WHERE book_id = %(book)s GROUP BY account_id) AS g "
+        "JOIN account_entries AS e ON e.book_id = %(book)s AND e.account_id = g.account_id "
+        "AND e.position = g.last ORDER BY g.account_id",
+        {"book": book_id},
     ).fetchall()
     seen = set()
     total = 0
