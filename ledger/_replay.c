@@ -17,7 +17,10 @@
  *
  * The state is the reference's own objects: accounts {id: [debits_pending,
  * debits_posted, credits_pending, credits_posted, ledger, closed, entries, entries
- * amount, last entry position]}, transfers {id: tuple | list}, forbidden {id}.
+ * amount, last entry position, sha256 of the entries]}, transfers {id: tuple | list},
+ * forbidden {id}. Each movement adds one entry to each of its two accounts, in the bytes
+ * that ledger/audit.py (_entry_bytes) defines and PostgreSQL rebuilds from the stored rows;
+ * entry_bytes below writes the same bytes, and the account's hash object takes them.
  *
  * Record format (see ledger/adapters/wal.py): u32 length | u32 crc | u64 position |
  * u64 batch first | u32 batch count | u32 canonical length | canonical | padding |
@@ -36,7 +39,7 @@
 #define DEPTH_MAX 64
 
 static PyObject *s_pending, *s_none, *s_single, *s_post, *s_void, *s_posted, *s_voided,
-    *s_expired;
+    *s_expired, *s_update;
 
 typedef struct {
     const char *s;
@@ -50,8 +53,8 @@ typedef struct {
 } Balances;
 
 typedef struct {
-    int has_amount;
-    long long amount;
+    int has_amount, has_ts;
+    long long amount, ts;
     Field debit_id, credit_id, transfer_id, pending_id, ledger;
     int flags; /* 0 absent, 1 being read, 2 pending true, 3 pending false */
     Balances debit_after, credit_after;
@@ -349,6 +352,13 @@ static const char *data_member(void *ctx, const char *k, Py_ssize_t n, const cha
         d->has_amount = 1;
         return read_int(p, end, &d->amount);
     }
+    if (KEY_IS(k, n, "timestamp_us")) {
+        if (d->has_ts) {
+            return NULL;
+        }
+        d->has_ts = 1;
+        return read_int(p, end, &d->ts);
+    }
     if (KEY_IS(k, n, "debit_account_id")) {
         return read_field(p, end, &d->debit_id);
     }
@@ -452,7 +462,7 @@ static int int_of(PyObject *o, long long *v) {
  * shape holding 64-bit ints. */
 static int account_of(PyObject *account, long long b[4], long long *entries,
                       long long *entry_sum) {
-    if (account == NULL || !PyList_CheckExact(account) || PyList_GET_SIZE(account) != 9) {
+    if (account == NULL || !PyList_CheckExact(account) || PyList_GET_SIZE(account) != 10) {
         return 0;
     }
     for (int i = 0; i < 4; i++) {
@@ -613,6 +623,102 @@ static PyObject *ledger_text(const Field *f) {
     return o;
 }
 
+/* Hex digit values, and 16 for a byte that is not one. */
+static uint8_t hex_value[256];
+
+static void hex_init(void) {
+    memset(hex_value, 16, sizeof(hex_value));
+    for (int c = 0; c < 10; c++) {
+        hex_value['0' + c] = (uint8_t)c;
+    }
+    for (int c = 0; c < 6; c++) {
+        hex_value['a' + c] = hex_value['A' + c] = (uint8_t)(10 + c);
+    }
+}
+
+/* The 16 bytes of an id in the canonical text form (8-4-4-4-12 hex digits, either
+ * case); 0 for any other form, which the reference parses. */
+static int uuid16(const Field *f, uint8_t out[16]) {
+    static const uint8_t at[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
+    if (f->kind != 1 || f->n != 36) {
+        return 0;
+    }
+    const uint8_t *s = (const uint8_t *)f->s;
+    if (s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-') {
+        return 0;
+    }
+    unsigned bad = 0;
+    for (int k = 0; k < 16; k++) {
+        uint8_t hi = hex_value[s[at[k]]], lo = hex_value[s[at[k] + 1]];
+        bad |= (hi | lo) & 16;
+        out[k] = (uint8_t)(hi << 4 | (lo & 15));
+    }
+    return bad == 0;
+}
+
+static uint8_t *put_i64(uint8_t *p, long long v) {
+    uint64_t u = (uint64_t)v;
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)(u & 0xff);
+        u >>= 8;
+    }
+    return p + 8;
+}
+
+static uint8_t *put_text(uint8_t *p, const char *s, Py_ssize_t n) {
+    memcpy(p, s, (size_t)n);
+    p[n] = 0;
+    return p + n + 1;
+}
+
+#define LEDGER_TEXT_MAX 64
+#define ENTRY_BYTES_MAX (88 + 32 + 7 + LEDGER_TEXT_MAX + 1 + 17)
+
+typedef struct {
+    uint8_t account[16], transfer[16], pending[16];
+    int has_pending;
+} EntryIds;
+
+/* One entry as ledger/audit.py's _entry_bytes forms it; returns its length. */
+static Py_ssize_t entry_bytes(uint8_t *out, long long position, const uint8_t account[16],
+                              const EntryIds *ids, long long amount, long long ts,
+                              const long long b[4], const char *type, const char *side,
+                              const Field *ledger) {
+    uint8_t *p = put_i64(out, position);
+    memcpy(p, account, 16);
+    memcpy(p + 16, ids->transfer, 16);
+    p = put_i64(p + 32, amount);
+    p = put_i64(p, ts);
+    for (int i = 0; i < 4; i++) {
+        p = put_i64(p, b[i]);
+    }
+    p = put_text(p, type, (Py_ssize_t)strlen(type));
+    p = put_text(p, side, (Py_ssize_t)strlen(side));
+    p = put_text(p, ledger->s, ledger->n);
+    if (ids->has_pending) {
+        *p++ = 1;
+        memcpy(p, ids->pending, 16);
+        p += 16;
+    } else {
+        *p++ = 0;
+    }
+    return p - out;
+}
+
+static int hash_update(PyObject *hash, const uint8_t *bytes, Py_ssize_t n) {
+    PyObject *chunk = PyBytes_FromStringAndSize((const char *)bytes, n);
+    if (chunk == NULL) {
+        return -1;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(hash, s_update, chunk);
+    Py_DECREF(chunk);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static const char *const TYPE_NAMES[] = {"", "TransferCreated", "PendingTransferPosted",
+                                         "PendingTransferVoided", "PendingTransferExpired"};
+
 typedef struct {
     PyObject *accounts, *transfers, *forbidden;
 } Books;
@@ -703,7 +809,28 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
         memcmp(cb, d->credit_after.v, sizeof(cb)) != 0) {
         goto done;
     }
+    /* The two entries' bytes, still before any change: a timestamp that is missing, or an
+     * id or a ledger of another form, leaves the record to the reference. */
+    EntryIds ids;
+    uint8_t debit_account[16], credit_account[16];
+    ids.has_pending = d->pending_id.kind == 1;
+    if (!d->has_ts || d->ledger.kind != 1 || d->ledger.n > LEDGER_TEXT_MAX ||
+        !uuid16(&d->debit_id, debit_account) || !uuid16(&d->credit_id, credit_account) ||
+        !uuid16(kind == T_EXPIRED ? &d->pending_id : &d->transfer_id, ids.transfer) ||
+        (ids.has_pending && !uuid16(&d->pending_id, ids.pending))) {
+        goto done;
+    }
+    uint8_t debit_entry[ENTRY_BYTES_MAX], credit_entry[ENTRY_BYTES_MAX];
+    Py_ssize_t debit_n = entry_bytes(debit_entry, position, debit_account, &ids, amount,
+                                     d->ts, db, TYPE_NAMES[kind], "debit", &d->ledger);
+    Py_ssize_t credit_n = entry_bytes(credit_entry, position, credit_account, &ids, amount,
+                                      d->ts, cb, TYPE_NAMES[kind], "credit", &d->ledger);
     /* Everything checks: from here on the state changes. */
+    if (hash_update(PyList_GET_ITEM(debit, 9), debit_entry, debit_n) < 0 ||
+        hash_update(PyList_GET_ITEM(credit, 9), credit_entry, credit_n) < 0) {
+        result = -1;
+        goto done;
+    }
     if (kind == T_CREATED && d->flags == 2) {
         record = PyList_New(7);
         if (record != NULL) {
@@ -956,8 +1083,10 @@ PyMODINIT_FUNC PyInit__replay(void) {
     if (intern(&s_pending, "pending") < 0 || intern(&s_none, "none") < 0 ||
         intern(&s_single, "single") < 0 || intern(&s_post, "post") < 0 ||
         intern(&s_void, "void") < 0 || intern(&s_posted, "posted") < 0 ||
-        intern(&s_voided, "voided") < 0 || intern(&s_expired, "expired") < 0) {
+        intern(&s_voided, "voided") < 0 || intern(&s_expired, "expired") < 0 ||
+        intern(&s_update, "update") < 0) {
         return NULL;
     }
+    hex_init();
     return PyModule_Create(&module);
 }

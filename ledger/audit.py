@@ -19,8 +19,12 @@ What is checked, in this order (the first finding is reported with its location)
    main process compares the stored hashes with the WAL's, position by position. Equal
    hashes on a verified chain mean equal ids and contents.
 4. **The read models** of the book, when their checkpoints are at the WAL's last
-   position: every account's balances, every transfer, each account's entries (count,
-   sum of amounts, last position, last balances) and the trial balance.
+   position: every account's balances, every transfer, every entry and the trial
+   balance. Entries are compared as one sha256 per account over all its rows in position
+   order, every column included: PostgreSQL hashes the stored rows (it starts at once,
+   while the WAL is read), the WAL pass hashes the rows its events give, and an account
+   whose digests differ is then read row by row to name the first differing entry and
+   column.
 
 Why two processes and a scanner of its own: the WAL module's ``read_wal`` verifies and
 then decodes in two passes and the domain's ``evolve`` builds full objects; together
@@ -282,13 +286,11 @@ class _Books:
             or credit[3] != after.credits_posted
         ):
             raise self._disagrees(position, t, credit_id, credit, after)
-        transfer_id = d.pending_id if t == "PendingTransferExpired" else d.transfer_id
+        entry_of = d.pending_id if t == "PendingTransferExpired" else d.transfer_id
         tail = (t, amount, _required(d.ledger), _required(d.timestamp_us))
-        debit_entry = _entry_bytes(
-            position, debit_id, transfer_id, d.pending_id, "debit", tail, debit
-        )
+        debit_entry = _entry_bytes(position, debit_id, entry_of, d.pending_id, "debit", tail, debit)
         credit_entry = _entry_bytes(
-            position, credit_id, transfer_id, d.pending_id, "credit", tail, credit
+            position, credit_id, entry_of, d.pending_id, "credit", tail, credit
         )
         debit[9].update(debit_entry)
         credit[9].update(credit_entry)
@@ -1182,14 +1184,8 @@ def replay_wal(
     books = _Books()
     scan.books = books
     store = _StoreCheck(database_url, book_id) if database_url else None
-    # PostgreSQL hashes the entries read model while the WAL is read (it needs nothing
-    # from the WAL); the comparison waits for it after the pass.
     hashing = ThreadPoolExecutor(1, "audit-entries") if database_url else None
-    entries = (
-        hashing.submit(_entry_digests, database_url, book_id)
-        if hashing is not None and database_url
-        else None
-    )
+    entries: Future[EntryDigests] | None = None
     try:
         if store is not None:
             scan.on_chunk = lambda: store.poll(scan, block=False)
@@ -1212,6 +1208,9 @@ def replay_wal(
         report.accounts = len(books.accounts)
         report.ledgers = len({a[4] for a in books.accounts.values()})
         report.transfers = len(books.transfers)
+        if hashing is not None and database_url:
+            # PostgreSQL hashes the entries while the transfers are compared.
+            entries = hashing.submit(_entry_digests, database_url, book_id)
         # The read models are compared on a thread while the event store check (another
         # process) finishes, as the two wait on different things; a finding of the store
         # check is reported first, as before.

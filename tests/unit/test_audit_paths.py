@@ -158,6 +158,12 @@ def test_an_event_missing_a_field_is_a_finding_not_a_crash(
     assert "cannot be applied" in str(native[2])
 
 
+def _comparable(accounts: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """The accounts with each entries hash replaced by its digest (hash objects compare
+    by identity)."""
+    return {k: [*v[:9], v[9].digest()] for k, v in accounts.items()}
+
+
 def test_every_pass_ends_in_the_same_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Holds placed, posted, voided and expired, across many spans, segments and chunks.
     book, batches = _book_batches()
@@ -175,7 +181,13 @@ def test_every_pass_ends_in_the_same_state(tmp_path: Path, monkeypatch: pytest.M
         scan.books = books
         scan.run(books.apply, None)
         states.append(
-            (books.accounts, books.transfers, books.forbidden, scan.chunk_hashes, scan.position)
+            (
+                _comparable(books.accounts),
+                books.transfers,
+                books.forbidden,
+                scan.chunk_hashes,
+                scan.position,
+            )
         )
     assert states[0] == states[1] == states[2]
     accounts = states[0][0]
@@ -213,7 +225,7 @@ def test_envelopes_read_ahead_are_used_only_for_their_own_buffer(tmp_path: Path)
                 books.apply(position, audit._envelope(position, buf[off + 32 : off + 32 + clen]))
                 hashes.append(buf[off + 8 + length - 32 : off + 8 + length])
                 off += 8 + length
-        states.append((off, books.accounts, books.transfers, hashes))
+        states.append((off, _comparable(books.accounts), books.transfers, hashes))
     assert states[0] == states[1] == states[2] == states[3]
     assert len(states[0][2]) > 0  # some transfers were applied
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -120,6 +121,100 @@ def test_an_altered_read_model_row_is_found_with_its_table_and_key(
     assert found.value.where == f"account_balances row (book 'audit', account {account_id})"
 
 
+def _entry_of(conn: psycopg.Connection[Any], position: int) -> tuple[str, int]:
+    """(account id, entries of the account) of the debit entry at ``position``."""
+    row = conn.execute(
+        "SELECT account_id::text, (SELECT count(*) FROM account_entries AS o "
+        "WHERE o.account_id = e.account_id) FROM account_entries AS e "
+        "WHERE book_id = %s AND position = %s AND side = 'debit'",
+        (BOOK, position),
+    ).fetchone()
+    assert row is not None
+    return str(row[0]), int(row[1])
+
+
+@pytest.mark.parametrize(
+    ("column", "change"),
+    [
+        ("debits_posted", "debits_posted = debits_posted + 7"),
+        ("credits_pending", "credits_pending = credits_pending + 1"),
+        ("transfer_id", "transfer_id = gen_random_uuid()"),
+        ("timestamp_us", "timestamp_us = timestamp_us + 1"),
+        ("type", "type = 'PendingTransferVoided'"),
+        ("ledger", "ledger = 'XXX'"),
+    ],
+)
+def test_an_entry_edited_in_the_middle_of_an_account_is_found_by_column(
+    audited: tuple[str, Path, SyntheticBook], column: str, change: str
+) -> None:
+    # Not the account's last entry, and counts and sums of amounts unchanged: only a
+    # comparison of every row finds it.
+    url, wal_dir, _ = audited
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        account_id, entries = _entry_of(conn, 777)
+        assert entries > 2
+        last = conn.execute(
+            "SELECT max(position) FROM account_entries WHERE account_id = %s", (account_id,)
+        ).fetchone()
+        assert last is not None and last[0] > 777
+        conn.execute(
+            f"UPDATE account_entries SET {change} WHERE position = 777 AND account_id = %s",
+            (account_id,),
+        )
+    with pytest.raises(Finding) as found:
+        replay_wal(wal_dir, url, BOOK)
+    assert found.value.where == (
+        f"account_entries row (book 'audit', account {account_id}, position 777)"
+    )
+    assert found.value.what.startswith(f"{column} is ")
+    assert "the WAL gives" in found.value.what
+
+
+_SWAP = (
+    "UPDATE account_entries AS e SET amount_minor = o.amount_minor "
+    "FROM account_entries AS o WHERE e.account_id = %(a)s AND o.account_id = %(a)s "
+    "AND ((e.position = %(p)s AND o.position = %(q)s) "
+    "OR (e.position = %(q)s AND o.position = %(p)s))"
+)
+
+
+def test_entries_swapped_or_deleted_are_found(
+    audited: tuple[str, Path, SyntheticBook],
+) -> None:
+    url, wal_dir, _ = audited
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        account_id, _ = _entry_of(conn, 777)
+        rows = conn.execute(
+            "SELECT position, amount_minor FROM account_entries WHERE account_id = %s "
+            "ORDER BY position",
+            (account_id,),
+        ).fetchall()
+        # Two entries of one account with different amounts, swapped: the account's count
+        # and sum of amounts stay the same.
+        first = rows[0]
+        second = next(r for r in rows[1:] if r[1] != first[1])
+        keys = {"a": account_id, "p": first[0], "q": second[0]}
+        conn.execute(_SWAP, keys)
+    with pytest.raises(Finding) as found:
+        replay_wal(wal_dir, url, BOOK)
+    assert found.value.where == (
+        f"account_entries row (book 'audit', account {account_id}, position {first[0]})"
+    )
+    assert found.value.what.startswith(f"amount_minor is {second[1]}, the WAL gives {first[1]}")
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        conn.execute(_SWAP, keys)  # back
+        conn.execute(
+            "DELETE FROM account_entries WHERE account_id = %s AND position = %s",
+            (account_id, second[0]),
+        )
+    with pytest.raises(Finding) as found:
+        replay_wal(wal_dir, url, BOOK)
+    assert found.value.where == (
+        f"account_entries row (book 'audit', account {account_id}, position {second[0]})"
+    )
+    assert found.value.what == f"no entry at position {second[0]}, which the WAL gives"
+
+
 def test_an_altered_entry_and_transfer_are_found(
     audited: tuple[str, Path, SyntheticBook],
 ) -> None:
@@ -130,9 +225,12 @@ def test_an_altered_entry_and_transfer_are_found(
             "WHERE position = 777 AND side = 'debit' RETURNING account_id"
         ).fetchone()
     assert row is not None
-    with pytest.raises(Finding, match="sum of amounts") as found:
+    with pytest.raises(Finding) as found:
         replay_wal(wal_dir, url, BOOK)
-    assert found.value.where == f"account_entries of account {row[0]} (book 'audit')"
+    assert found.value.what.startswith("amount_minor is ")
+    assert found.value.where == (
+        f"account_entries row (book 'audit', account {row[0]}, position 777)"
+    )
     with psycopg.connect(dsn(url), autocommit=True) as conn:
         conn.execute(
             "UPDATE account_entries SET amount_minor = amount_minor - 1 "
