@@ -14,6 +14,7 @@ setup(
         Extension(
             "ledger._replay",
             sources=["ledger/_replay.c"],
+            libraries=["crypto"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         ),
         Extension(

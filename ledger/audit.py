@@ -215,7 +215,7 @@ class _Books:
             account_id = _required(d.account_id)
             if account_id in self.accounts:
                 raise self._finding(position, env, f"account {account_id} opened twice")
-            self.accounts[account_id] = [0, 0, 0, 0, d.ledger, False, 0, 0, 0, hashlib.sha256()]
+            self.accounts[account_id] = [0, 0, 0, 0, d.ledger, False, 0, 0, 0, _entry_hash()]
         elif t == "AccountClosed":
             account_id = _required(d.account_id)
             account = self.accounts[account_id]
@@ -372,6 +372,12 @@ def _required(value: _T | None) -> _T:
 
 
 _ENTRY_FIXED: Final = struct.Struct(">q16s16sqqqqqq")
+
+
+def _entry_hash() -> Any:
+    """A sha256 for an account's entries: the native one (whose update the native pass
+    calls directly) when the extension is there, else hashlib's; the digests are equal."""
+    return _native_books.EntryHash() if _native_books is not None else hashlib.sha256()
 
 
 def _entry_bytes(
