@@ -17,8 +17,9 @@
  *
  * The state is the reference's own objects: accounts {id: [debits_pending,
  * debits_posted, credits_pending, credits_posted, ledger, closed, entries, entries
- * amount, last entry position, sha256 of the entries]}, transfers {id: tuple | list},
- * forbidden {id}. Each movement adds one entry to each of its two accounts, in the bytes
+ * amount, last entry position, sha256 of the entries]}, transfers {id: tuple | list
+ * (a hold, with its resolving position last)}, forbidden {id}, and rows, the sha256 of the
+ * transfers rows' other columns (transfer_bytes below, _transfer_bytes there). Each movement adds one entry to each of its two accounts, in the bytes
  * that ledger/audit.py (_entry_bytes) defines and PostgreSQL rebuilds from the stored rows;
  * entry_bytes below writes the same bytes, and the account's hash object takes them.
  *
@@ -56,8 +57,9 @@ typedef struct {
 } Balances;
 
 typedef struct {
-    int has_amount, has_ts;
-    long long amount, ts;
+    int has_amount, has_ts, has_code, has_timeout;
+    int expires; /* 0 absent, 1 a number, 2 null */
+    long long amount, ts, code, timeout, expires_at;
     Field debit_id, credit_id, transfer_id, pending_id, ledger;
     int flags; /* 0 absent, 1 being read, 2 pending true, 3 pending false */
     Balances debit_after, credit_after;
@@ -354,6 +356,25 @@ static const char *data_member(void *ctx, const char *k, Py_ssize_t n, const cha
         }
         d->has_amount = 1;
         return read_int(p, end, &d->amount);
+    }
+    if (KEY_IS(k, n, "code") || KEY_IS(k, n, "timeout_s")) {
+        int *seen = k[0] == 'c' ? &d->has_code : &d->has_timeout;
+        if (*seen) {
+            return NULL;
+        }
+        *seen = 1;
+        return read_int(p, end, k[0] == 'c' ? &d->code : &d->timeout);
+    }
+    if (KEY_IS(k, n, "expires_at_us")) {
+        if (d->expires != 0) {
+            return NULL;
+        }
+        if (p < end && *p == 'n') {
+            d->expires = 2;
+            return skip_literal(p, end, "null");
+        }
+        d->expires = 1;
+        return read_int(p, end, &d->expires_at);
     }
     if (KEY_IS(k, n, "timestamp_us")) {
         if (d->has_ts) {
@@ -776,8 +797,36 @@ static int hash_update(PyObject *hash, const uint8_t *bytes, Py_ssize_t n) {
 static const char *const TYPE_NAMES[] = {"", "TransferCreated", "PendingTransferPosted",
                                          "PendingTransferVoided", "PendingTransferExpired"};
 
+#define TRANSFER_BYTES_MAX (8 + 16 + 4 + 8 + 8 + 9 + 17)
+
+/* A transfers row's hashed columns as ledger/audit.py's _transfer_bytes forms them. */
+static Py_ssize_t transfer_bytes(uint8_t *out, long long position, const EntryIds *ids,
+                                 long long code, long long ts, long long timeout,
+                                 int has_expiry, long long expires_at, int has_pending) {
+    uint8_t *p = put_i64(out, position);
+    memcpy(p, ids->transfer, 16);
+    p += 16;
+    uint32_t c = (uint32_t)(int32_t)code;
+    for (int i = 3; i >= 0; i--) {
+        p[i] = (uint8_t)(c & 0xff);
+        c >>= 8;
+    }
+    p = put_i64(p + 4, ts);
+    p = put_i64(p, timeout);
+    *p++ = has_expiry ? 1 : 0;
+    if (has_expiry) {
+        p = put_i64(p, expires_at);
+    }
+    *p++ = has_pending ? 1 : 0;
+    if (has_pending) {
+        memcpy(p, ids->pending, 16);
+        p += 16;
+    }
+    return p - out;
+}
+
 typedef struct {
-    PyObject *accounts, *transfers, *forbidden;
+    PyObject *accounts, *transfers, *forbidden, *rows;
 } Books;
 
 /* Apply one decoded transfer event at `position`: 1 applied, 0 left to the reference
@@ -845,7 +894,7 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
             result = PyErr_Occurred() ? -1 : 0;
             goto done;
         }
-        if (!PyList_CheckExact(hold) || PyList_GET_SIZE(hold) != 7 ||
+        if (!PyList_CheckExact(hold) || PyList_GET_SIZE(hold) != 8 ||
             !is_text(PyList_GET_ITEM(hold, 0), "pending") ||
             !same_text(PyList_GET_ITEM(hold, 3), &d->debit_id) ||
             !same_text(PyList_GET_ITEM(hold, 4), &d->credit_id) ||
@@ -877,6 +926,21 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
         (ids.has_pending && !uuid16(&d->pending_id, ids.pending))) {
         goto done;
     }
+    /* The transfers row this event writes (an expiry writes none). */
+    uint8_t row[TRANSFER_BYTES_MAX];
+    Py_ssize_t row_n = 0;
+    if (kind != T_EXPIRED) {
+        int hold_created = kind == T_CREATED && d->flags == 2;
+        if (!d->has_code || d->code < INT32_MIN || d->code > INT32_MAX ||
+            (hold_created && (!d->has_timeout || d->expires == 0))) {
+            goto done;
+        }
+        EntryIds row_ids = ids;
+        row_ids.has_pending = kind != T_CREATED && ids.has_pending;
+        row_n = transfer_bytes(row, position, &row_ids, d->code, d->ts,
+                               hold_created ? d->timeout : 0, hold_created && d->expires == 1,
+                               d->expires_at, row_ids.has_pending);
+    }
     uint8_t debit_entry[ENTRY_BYTES_MAX], credit_entry[ENTRY_BYTES_MAX];
     Py_ssize_t debit_n = entry_bytes(debit_entry, position, debit_account, &ids, amount,
                                      d->ts, db, TYPE_NAMES[kind], "debit", &d->ledger);
@@ -884,20 +948,21 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
                                       d->ts, cb, TYPE_NAMES[kind], "credit", &d->ledger);
     /* Everything checks: from here on the state changes. */
     if (hash_update(PyList_GET_ITEM(debit, 9), debit_entry, debit_n) < 0 ||
-        hash_update(PyList_GET_ITEM(credit, 9), credit_entry, credit_n) < 0) {
+        hash_update(PyList_GET_ITEM(credit, 9), credit_entry, credit_n) < 0 ||
+        (row_n > 0 && hash_update(books->rows, row, row_n) < 0)) {
         result = -1;
         goto done;
     }
     if (kind == T_CREATED && d->flags == 2) {
-        record = PyList_New(7);
+        record = PyList_New(8);
         if (record != NULL) {
-            PyObject *items[7] = {s_pending, NULL, NULL, debit_key, credit_key, s_pending,
-                                  ledger};
+            PyObject *items[8] = {s_pending, NULL,      NULL,  debit_key, credit_key,
+                                  s_pending, ledger,    Py_None};
             PyObject *amount_obj = PyLong_FromLongLong(amount);
             PyObject *zero = PyLong_FromLong(0);
             items[1] = amount_obj;
             items[2] = zero;
-            for (int i = 0; i < 7 && amount_obj && zero; i++) {
+            for (int i = 0; i < 8 && amount_obj && zero; i++) {
                 Py_INCREF(items[i]);
                 PyList_SET_ITEM(record, i, items[i]);
             }
@@ -918,7 +983,8 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
     }
     if (hold != NULL) {
         PyObject *status = kind == T_POSTED ? s_posted : kind == T_VOIDED ? s_voided : s_expired;
-        if (set_obj(hold, 0, status) < 0 || (kind == T_POSTED && set_int(hold, 2, amount) < 0)) {
+        if (set_obj(hold, 0, status) < 0 || (kind == T_POSTED && set_int(hold, 2, amount) < 0) ||
+            set_int(hold, 7, position) < 0) {
             result = -1;
             goto done;
         }
@@ -1049,10 +1115,10 @@ static PyObject *py_apply_records(PyObject *self, PyObject *args) {
     long long position, stop_position;
     Books books;
     PyObject *hashes, *parsed_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "y*nnLO!O!O!O!L|On:apply_records", &view, &offset, &count,
+    if (!PyArg_ParseTuple(args, "y*nnLO!O!O!O!OL|On:apply_records", &view, &offset, &count,
                           &position, &PyDict_Type, &books.accounts, &PyDict_Type,
                           &books.transfers, &PySet_Type, &books.forbidden, &PyList_Type,
-                          &hashes, &stop_position, &parsed_obj, &first)) {
+                          &hashes, &books.rows, &stop_position, &parsed_obj, &first)) {
         return NULL;
     }
     const uint8_t *buf = view.buf;
@@ -1117,7 +1183,7 @@ static PyObject *py_forget(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"apply_records", py_apply_records, METH_VARARGS,
      "apply_records(buf, offset, count, position, accounts, transfers, forbidden, hashes, "
-     "stop_position, parsed=None, first=0) -> (offset, position, applied)"},
+     "rows, stop_position, parsed=None, first=0) -> (offset, position, applied)"},
     {"parse_records", py_parse_records, METH_VARARGS,
      "parse_records(buf, offset, count) -> bytes: envelopes read without the lock"},
     {"forget", py_forget, METH_NOARGS,

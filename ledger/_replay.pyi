@@ -11,6 +11,7 @@ def apply_records(
     transfers: dict[str, Any],
     forbidden: set[str],
     hashes: list[bytes],
+    rows: Any,
     stop_position: int,
     parsed: bytes | None = None,
     first: int = 0,

@@ -245,3 +245,44 @@ def test_an_altered_entry_and_transfer_are_found(
     with pytest.raises(Finding) as found:
         replay_wal(wal_dir, url, BOOK)
     assert found.value.where == f"transfers row (book 'audit', transfer {tid[0]})"
+
+
+@pytest.mark.parametrize(
+    ("column", "change", "which"),
+    [
+        ("code", "code = code + 1", "kind = 'single'"),
+        ("timestamp_us", "timestamp_us = timestamp_us - 5", "kind = 'post'"),
+        ("timeout_s", "timeout_s = timeout_s + 60", "kind = 'pending'"),
+        ("pending_id", "pending_id = gen_random_uuid()", "kind = 'void'"),
+    ],
+)
+def test_a_transfer_column_outside_its_state_is_found(
+    audited: tuple[str, Path, SyntheticBook], column: str, change: str, which: str
+) -> None:
+    url, wal_dir, _ = audited
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        row = conn.execute(
+            f"UPDATE transfers SET {change} WHERE transfer_id = (SELECT transfer_id "
+            f"FROM transfers WHERE {which} ORDER BY position LIMIT 1 OFFSET 3) "
+            "RETURNING transfer_id"
+        ).fetchone()
+    assert row is not None
+    with pytest.raises(Finding) as found:
+        replay_wal(wal_dir, url, BOOK)
+    assert found.value.where == f"transfers row (book 'audit', transfer {row[0]})"
+    assert found.value.what.startswith(f"{column} is ")
+
+
+def test_a_hold_resolved_elsewhere_is_found(audited: tuple[str, Path, SyntheticBook]) -> None:
+    url, wal_dir, _ = audited
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        row = conn.execute(
+            "UPDATE transfers SET resolved_position = resolved_position + 1 "
+            "WHERE transfer_id = (SELECT transfer_id FROM transfers WHERE kind = 'pending' "
+            "AND status = 'posted' ORDER BY position LIMIT 1) RETURNING transfer_id"
+        ).fetchone()
+    assert row is not None
+    with pytest.raises(Finding) as found:
+        replay_wal(wal_dir, url, BOOK)
+    assert found.value.where == f"transfers row (book 'audit', transfer {row[0]})"
+    assert found.value.what.startswith("resolved_position is ")
