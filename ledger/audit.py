@@ -19,12 +19,14 @@ What is checked, in this order (the first finding is reported with its location)
    main process compares the stored hashes with the WAL's, position by position. Equal
    hashes on a verified chain mean equal ids and contents.
 4. **The read models** of the book, when their checkpoints are at the WAL's last
-   position: every account's balances, every transfer, every entry and the trial
+   position: every account's balances, every entry, every transfer and the trial
    balance. Entries are compared as one sha256 per account over all its rows in position
-   order, every column included: PostgreSQL hashes the stored rows (it starts at once,
-   while the WAL is read), the WAL pass hashes the rows its events give, and an account
-   whose digests differ is then read row by row to name the first differing entry and
-   column.
+   order, every column included; transfers row by row for their state (status, amounts,
+   accounts, kind, ledger, resolving position) and as one sha256 in position order for
+   the rest (position, code, timestamp, timeout, expiry, hold id). PostgreSQL hashes the
+   stored rows (after the WAL pass, beside the row-by-row comparison), the WAL pass hashes
+   the rows its events give, and where digests differ the rows are read one by one to
+   name the first differing row and column. Not compared: a transfer's ``metadata``.
 
 Why two processes and a scanner of its own: the WAL module's ``read_wal`` verifies and
 then decodes in two passes and the domain's ``evolve`` builds full objects; together
