@@ -934,7 +934,7 @@ def _compare_read_models(
     book_id: str,
     books: _Books,
     head: int,
-    entries: Future[EntryDigests],
+    digests: _Digests,
     directory: Path,
 ) -> dict[str, str]:
     from projections import PROJECTION_NAMES
@@ -951,12 +951,13 @@ def _compare_read_models(
                     "(let `ledger project` catch up, or rebuild it)",
                 )
         summaries["balances"] = _compare_balances(conn, book_id, books)
+        # Transfers first: their rows are compared in Python while PostgreSQL still hashes
+        # the entries.
+        transfers = _compare_transfers(conn, book_id, books, head, digests.transfers, directory)
         summaries["entries"] = _compare_entries(
-            conn, book_id, books, head, entries.result(), directory
+            conn, book_id, books, head, digests.entries.result(), directory
         )
-        summaries["transfers"] = _compare_transfers(
-            conn, book_id, books, head, entries.result(), directory
-        )
+        summaries["transfers"] = transfers
         summaries["trial_balance"] = _compare_trial_balance(conn, book_id, books)
     return summaries
 
@@ -1009,21 +1010,12 @@ _TRANSFERS_DIGEST_SQL: Final = (
 order as :func:`_transfer_bytes` forms them."""
 
 
-@dataclass(frozen=True)
-class RowDigests:
-    """What PostgreSQL hashed, in one snapshot: the checkpoints of the entries and
-    transfers models, each account's (entries, digest), and the transfers' digest."""
-
-    entries_at: int
-    transfers_at: int
-    entries: dict[str, tuple[int, bytes]]
-    transfers: bytes
+EntryDigests = tuple[int, dict[str, tuple[int, bytes]]]
+TransferDigest = tuple[int, bytes]
 
 
-EntryDigests = RowDigests
-
-
-def _row_digests(database_url: str, book_id: str) -> RowDigests:
+def _hashed(database_url: str, book_id: str, model: str, sql: str) -> tuple[int, list[Any]]:
+    """A read model's checkpoint and the rows of one digest query, in one snapshot."""
     from projections.tracking import connect, read_checkpoint
 
     with (
@@ -1031,22 +1023,33 @@ def _row_digests(database_url: str, book_id: str) -> RowDigests:
         conn.transaction(),
     ):
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        entries_at = read_checkpoint(conn, "entries", book_id)
-        transfers_at = read_checkpoint(conn, "transfers", book_id)
-        rows = conn.execute(_ENTRIES_DIGEST_SQL, (book_id,)).fetchall()
-        transfers = conn.execute(_TRANSFERS_DIGEST_SQL, (book_id,)).fetchone()
-    return RowDigests(
-        entries_at,
-        transfers_at,
-        {r[0]: (int(r[1]), bytes(r[2])) for r in rows},
-        bytes(transfers[1]) if transfers is not None and transfers[1] is not None else b"",
-    )
+        checkpoint = read_checkpoint(conn, model, book_id)
+        return checkpoint, conn.execute(sql, (book_id,)).fetchall()
+
+
+def _entry_digests(database_url: str, book_id: str) -> EntryDigests:
+    checkpoint, rows = _hashed(database_url, book_id, "entries", _ENTRIES_DIGEST_SQL)
+    return checkpoint, {r[0]: (int(r[1]), bytes(r[2])) for r in rows}
+
+
+def _transfer_digest(database_url: str, book_id: str) -> TransferDigest:
+    checkpoint, rows = _hashed(database_url, book_id, "transfers", _TRANSFERS_DIGEST_SQL)
+    digest = rows[0][1] if rows else None
+    return checkpoint, bytes(digest) if digest is not None else b""
+
+
+@dataclass(frozen=True)
+class _Digests:
+    """The digest queries PostgreSQL runs while the read models are compared row by row."""
+
+    entries: Future[EntryDigests]
+    transfers: Future[TransferDigest]
 
 
 def _compare_entries(
     conn: Any, book_id: str, books: _Books, head: int, digests: EntryDigests, directory: Path
 ) -> str:
-    checkpoint, by_account = digests.entries_at, digests.entries
+    checkpoint, by_account = digests
     if checkpoint != head:
         raise Finding(
             f"read model entries of book {book_id!r}",
@@ -1172,7 +1175,12 @@ def _entry_where(book_id: str, account_id: str, position: int) -> str:
 
 
 def _compare_transfers(
-    conn: Any, book_id: str, books: _Books, head: int, digests: RowDigests, directory: Path
+    conn: Any,
+    book_id: str,
+    books: _Books,
+    head: int,
+    digests: Future[TransferDigest],
+    directory: Path,
 ) -> str:
     count = 0
     with conn.transaction(), conn.cursor(name="audit_transfers") as cur:
@@ -1199,12 +1207,13 @@ def _compare_transfers(
             f"transfers (book {book_id!r})",
             f"{count} rows, the WAL has {len(books.transfers)} transfers",
         )
-    if digests.transfers_at != head:
+    checkpoint, digest = digests.result()
+    if checkpoint != head:
         raise Finding(
             f"read model transfers of book {book_id!r}",
-            f"at position {digests.transfers_at} when its rows were hashed, the WAL at {head}",
+            f"at position {checkpoint} when its rows were hashed, the WAL at {head}",
         )
-    if digests.transfers != books.rows.digest():
+    if digest != books.rows.digest():
         raise _locate_transfer(conn, book_id, directory)
     return f"{count} transfers match"
 
@@ -1346,8 +1355,8 @@ def replay_wal(
     books = _Books()
     scan.books = books
     store = _StoreCheck(database_url, book_id) if database_url else None
-    hashing = ThreadPoolExecutor(1, "audit-entries") if database_url else None
-    entries: Future[EntryDigests] | None = None
+    hashing = ThreadPoolExecutor(2, "audit-digests") if database_url else None
+    digests: _Digests | None = None
     try:
         if store is not None:
             scan.on_chunk = lambda: store.poll(scan, block=False)
@@ -1371,21 +1380,24 @@ def replay_wal(
         report.ledgers = len({a[4] for a in books.accounts.values()})
         report.transfers = len(books.transfers)
         if hashing is not None and database_url:
-            # PostgreSQL hashes the entries while the transfers are compared.
-            entries = hashing.submit(_row_digests, database_url, book_id)
+            # PostgreSQL hashes the rows while the transfers are compared row by row.
+            digests = _Digests(
+                hashing.submit(_entry_digests, database_url, book_id),
+                hashing.submit(_transfer_digest, database_url, book_id),
+            )
         # The read models are compared on a thread while the event store check (another
         # process) finishes, as the two wait on different things; a finding of the store
         # check is reported first, as before.
         read_models = None
         with ThreadPoolExecutor(1, "audit-read-models") as pool:
-            if database_url and entries is not None:
+            if database_url and digests is not None:
                 read_models = pool.submit(
                     _compare_read_models,
                     database_url,
                     book_id,
                     books,
                     scan.position,
-                    entries,
+                    digests,
                     directory,
                 )
             try:
