@@ -733,7 +733,8 @@ def _unescape(field_: bytes) -> bytes:
     return bytes(out)
 
 
-def _store_lines(database_url: str, book_id: str) -> Iterator[bytes]:
+def _store_blocks(database_url: str, book_id: str) -> Iterator[bytes]:
+    """The ``events`` rows of the book as COPY text, in blocks of whole lines."""
     import psycopg
     from psycopg import sql
 
@@ -744,11 +745,13 @@ def _store_lines(database_url: str, book_id: str) -> Iterator[bytes]:
         with cur.copy(statement) as copy:
             carry = b""
             for block in copy:
-                lines = (carry + bytes(block)).split(b"\n")
-                carry = lines.pop()
-                yield from lines
+                data = carry + bytes(block)
+                cut = data.rfind(b"\n") + 1
+                carry = data[cut:]
+                if cut:
+                    yield data[:cut]
             if carry:
-                yield carry
+                yield carry + b"\n"
 
 
 _ROW_FORM: Final = CANONICAL_FORM.replace(b"%d", b"%b")
@@ -789,53 +792,72 @@ def _verify_store(database_url: str, book_id: str, out: Any) -> None:
         sha256 = hashlib.sha256
         plain = _PLAIN_TEXT.fullmatch
         form = _ROW_FORM
-        expected, prev_hex, hashes = 1, GENESIS_HASH.hex().encode(), []
-        for line in _store_lines(database_url, book_id):
-            f = line.split(b"\t")
-            position = int(f[0])
-            if position != expected or f[8] != prev_hex:
-                where = f"events row book {book_id!r} position {position} (event {f[1].decode()})"
-                if position != expected:
-                    out.put(("finding", where, f"position {expected} is missing"))
-                else:
-                    out.put(("finding", where, "prev_hash is not the hash of the row before it"))
-                return
-            prev = bytes.fromhex(f[8].decode())
-            digest = b""
-            if plain(f[2]) and plain(f[4]):
-                data = f[7] if b"\\" not in f[7] else _unescape(f[7])
-                canonical = form % (data, f[1], f[0], f[8], f[6], f[5], f[2], f[3], f[4])
-                digest = sha256(prev + canonical).hexdigest().encode()
-            if digest != f[9]:
-                digest = sha256(prev + _row_canonical(f)).hexdigest().encode()
-                if digest != f[9]:
+        native = _native_books.store_rows if _native_books is not None else None
+        expected, prev_hex, chunk = 1, GENESIS_HASH.hex().encode(), bytearray()
+
+        def chunk_done() -> None:
+            # After each position that ends a chunk (and once at the end, for the rest).
+            nonlocal chunk
+            out.put(("chunk", (expected - 2) // CHUNK_POSITIONS, bytes(chunk)))
+            chunk = bytearray()
+
+        for block in _store_blocks(database_url, book_id):
+            off, size = 0, len(block)
+            while off < size:
+                if native is not None:
+                    # The rows the native code takes as they are, up to the chunk's end.
+                    last = ((expected - 1) // CHUNK_POSITIONS + 1) * CHUNK_POSITIONS
+                    off, expected, prev_hex, digests = native(block, off, expected, prev_hex, last)
+                    chunk += digests
+                    if digests and (expected - 1) % CHUNK_POSITIONS == 0:
+                        chunk_done()
+                    if off >= size or expected - 1 == last:
+                        continue
+                # One line here: whatever the native code did not take, or every line
+                # without it.
+                end = block.index(b"\n", off)
+                f = block[off:end].split(b"\t")
+                off = end + 1
+                position = int(f[0])
+                if position != expected or f[8] != prev_hex:
                     where = (
                         f"events row book {book_id!r} position {position} (event {f[1].decode()})"
                     )
-                    out.put(
-                        ("finding", where, "the row's content does not match its hash (edited?)")
-                    )
+                    if position != expected:
+                        out.put(("finding", where, f"position {expected} is missing"))
+                    else:
+                        out.put(
+                            ("finding", where, "prev_hash is not the hash of the row before it")
+                        )
                     return
-            hashes.append(digest)
-            prev_hex = digest
-            if position % CHUNK_POSITIONS == 0:
-                out.put(
-                    (
-                        "chunk",
-                        (position - 1) // CHUNK_POSITIONS,
-                        bytes.fromhex(b"".join(hashes).decode()),
-                    )
-                )
-                hashes = []
-            expected += 1
-        if hashes:
-            out.put(
-                (
-                    "chunk",
-                    (expected - 2) // CHUNK_POSITIONS,
-                    bytes.fromhex(b"".join(hashes).decode()),
-                )
-            )
+                prev = bytes.fromhex(f[8].decode())
+                digest = b""
+                if plain(f[2]) and plain(f[4]):
+                    data = f[7] if b"\\" not in f[7] else _unescape(f[7])
+                    canonical = form % (data, f[1], f[0], f[8], f[6], f[5], f[2], f[3], f[4])
+                    digest = sha256(prev + canonical).hexdigest().encode()
+                if digest != f[9]:
+                    digest = sha256(prev + _row_canonical(f)).hexdigest().encode()
+                    if digest != f[9]:
+                        where = (
+                            f"events row book {book_id!r} position {position} "
+                            f"(event {f[1].decode()})"
+                        )
+                        out.put(
+                            (
+                                "finding",
+                                where,
+                                "the row's content does not match its hash (edited?)",
+                            )
+                        )
+                        return
+                chunk += bytes.fromhex(digest.decode())
+                prev_hex = digest
+                expected += 1
+                if position % CHUNK_POSITIONS == 0:
+                    chunk_done()
+        if chunk:
+            chunk_done()
         out.put(("done", expected - 1, None))
     except BaseException as exc:  # report anything to the parent, never hang it
         out.put(("error", f"{type(exc).__name__}: {exc}", None))
@@ -1357,6 +1379,13 @@ def replay_wal(
     store = _StoreCheck(database_url, book_id) if database_url else None
     hashing = ThreadPoolExecutor(2, "audit-digests") if database_url else None
     digests: _Digests | None = None
+    if hashing is not None and database_url:
+        # PostgreSQL hashes the read models' rows while the WAL is read (they need
+        # nothing from it) and the transfers are compared row by row.
+        digests = _Digests(
+            hashing.submit(_entry_digests, database_url, book_id),
+            hashing.submit(_transfer_digest, database_url, book_id),
+        )
     try:
         if store is not None:
             scan.on_chunk = lambda: store.poll(scan, block=False)
@@ -1379,12 +1408,6 @@ def replay_wal(
         report.accounts = len(books.accounts)
         report.ledgers = len({a[4] for a in books.accounts.values()})
         report.transfers = len(books.transfers)
-        if hashing is not None and database_url:
-            # PostgreSQL hashes the rows while the transfers are compared row by row.
-            digests = _Digests(
-                hashing.submit(_entry_digests, database_url, book_id),
-                hashing.submit(_transfer_digest, database_url, book_id),
-            )
         # The read models are compared on a thread while the event store check (another
         # process) finishes, as the two wait on different things; a finding of the store
         # check is reported first, as before.

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from ledger import audit
 from ledger.adapters.wal import segment_paths
 from ledger.audit import Finding, replay_wal
 from ledger.cli import main
@@ -286,3 +287,47 @@ def test_a_hold_resolved_elsewhere_is_found(audited: tuple[str, Path, SyntheticB
         replay_wal(wal_dir, url, BOOK)
     assert found.value.where == f"transfers row (book 'audit', transfer {row[0]})"
     assert found.value.what.startswith("resolved_position is ")
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, ...]] = []
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        self.items.append(item)
+
+
+def _store_check_both_ways(url: str, monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    native, python = _Sink(), _Sink()
+    audit._verify_store(url, BOOK, native)
+    with monkeypatch.context() as patch:
+        patch.setattr(audit, "_native_books", None)
+        audit._verify_store(url, BOOK, python)
+    return [native.items, python.items]
+
+
+def test_the_store_check_gives_the_same_chunks_and_findings_with_and_without_native_rows(
+    audited: tuple[str, Path, SyntheticBook], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _, book = audited
+    monkeypatch.setattr(audit, "CHUNK_POSITIONS", 97)  # many chunks, ends inside blocks
+    native, python = _store_check_both_ways(url, monkeypatch)
+    assert native == python
+    assert native[-1] == ("done", book.position, None)
+    assert len(native) == book.position // 97 + 2
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        conn.execute("ALTER TABLE events DISABLE TRIGGER events_no_update_delete")
+        # Rows the native code leaves to Python (normalised json text), then an edited one.
+        conn.execute(
+            "UPDATE events SET data = data::jsonb::json WHERE book_id = %s AND position %% 89 = 5",
+            (BOOK,),
+        )
+        conn.execute(
+            "UPDATE events SET recorded_at_us = recorded_at_us + 1 "
+            "WHERE book_id = %s AND position = 1500",
+            (BOOK,),
+        )
+    native, python = _store_check_both_ways(url, monkeypatch)
+    assert native == python
+    assert native[-1][0] == "finding"
+    assert "position 1500" in native[-1][1]
