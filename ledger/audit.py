@@ -31,8 +31,8 @@ What is checked, in this order (the first finding is reported with its location)
 Why two processes and a scanner of its own: the WAL module's ``read_wal`` verifies and
 then decodes in two passes and the domain's ``evolve`` builds full objects; together
 they reach about 45k events/s. The audit needs one pass with one CRC, one sha256 and one
-JSON parse per record, and the store's side (one JSON parse, one dump and one sha256 per
-row) runs on the other core.
+JSON parse per record, and the store's side (a COPY of the rows, each put together as
+stored and hashed, in C for every row that checks out as it is) runs on the other core.
 """
 
 from __future__ import annotations
