@@ -1057,7 +1057,8 @@ def _entry_digests(database_url: str, book_id: str) -> EntryDigests:
 def _transfer_digest(database_url: str, book_id: str) -> TransferDigest:
     checkpoint, rows = _hashed(database_url, book_id, "transfers", _TRANSFERS_DIGEST_SQL)
     digest = rows[0][1] if rows else None
-    return checkpoint, bytes(digest) if digest is not None else b""
+    # No rows: string_agg gives NULL, where the WAL's side is the digest of nothing.
+    return checkpoint, bytes(digest) if digest is not None else hashlib.sha256().digest()
 
 
 @dataclass(frozen=True)

@@ -331,3 +331,16 @@ def test_the_store_check_gives_the_same_chunks_and_findings_with_and_without_nat
     assert native == python
     assert native[-1][0] == "finding"
     assert "position 1500" in native[-1][1]
+
+
+def test_a_book_of_accounts_without_transfers_gets_a_clean_bill(
+    database_url: str, tmp_path: Path
+) -> None:
+    book = SyntheticBook(seed=5, accounts_per_ledger=3)
+    wal_dir = tmp_path / "wal"
+    store_records(database_url, "accounts-only", [book.open_accounts()], wal_dir=wal_dir)
+    project_from_store(database_url, "accounts-only")
+    report = replay_wal(wal_dir, database_url, "accounts-only")
+    assert report.transfers == 0 and report.accounts == len(book.state.accounts) > 0
+    assert report.read_models["transfers"] == "0 transfers match"
+    assert report.read_models["entries"] == "0 entries of 0 accounts match"
