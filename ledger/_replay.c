@@ -19,8 +19,9 @@
  * debits_posted, credits_pending, credits_posted, ledger, closed, entries, entries
  * amount, last entry position, sha256 of the entries]}, transfers {id: tuple | list
  * (a hold, with its resolving position last)}, forbidden {id}, and rows, the sha256 of the
- * transfers rows' other columns (transfer_bytes below, _transfer_bytes there). Each movement adds one entry to each of its two accounts, in the bytes
- * that ledger/audit.py (_entry_bytes) defines and PostgreSQL rebuilds from the stored rows;
+ * transfers rows' other columns (transfer_bytes below, _transfer_bytes there). Each
+ * movement adds one entry to each of its two accounts, in the bytes that ledger/audit.py
+ * (_entry_bytes) defines and PostgreSQL rebuilds from the stored rows;
  * entry_bytes below writes the same bytes, and the account's hash object takes them.
  *
  * Record format (see ledger/adapters/wal.py): u32 length | u32 crc | u64 position |
@@ -1196,12 +1197,6 @@ static int plain_text(const char *s, Py_ssize_t n) {
     return 1;
 }
 
-static int digits_are(const char *s, Py_ssize_t n, long long want) {
-    char buf[24];
-    int len = snprintf(buf, sizeof(buf), "%lld", want);
-    return len == n && memcmp(buf, s, (size_t)n) == 0;
-}
-
 static const char HEX[] = "0123456789abcdef";
 
 static void to_hex(const uint8_t *in, int n, char *out) {
@@ -1272,7 +1267,9 @@ static PyObject *py_store_rows(PyObject *self, PyObject *args) {
             fn[k] = tab - p;
             p = tab + 1;
         }
-        if (k != 10 || !digits_are(f[0], fn[0], expected) || fn[8] != 64 ||
+        long long row_position = -1;
+        if (k != 10 || read_int(f[0], f[0] + fn[0], &row_position) != f[0] + fn[0] ||
+            row_position != expected || fn[8] != 64 ||
             memcmp(f[8], prev, 64) != 0 || fn[9] != 64 || !plain_text(f[2], fn[2]) ||
             !plain_text(f[4], fn[4]) || memchr(f[7], '\\', (size_t)fn[7]) != NULL ||
             memchr(f[1], '\\', (size_t)fn[1]) != NULL) {

@@ -24,8 +24,8 @@ What is checked, in this order (the first finding is reported with its location)
    order, every column included; transfers row by row for their state (status, amounts,
    accounts, kind, ledger, resolving position) and as one sha256 in position order for
    the rest (position, code, timestamp, timeout, expiry, hold id). PostgreSQL hashes the
-   stored rows (after the WAL pass, beside the row-by-row comparison), the WAL pass hashes
-   the rows its events give, and where digests differ the rows are read one by one to
+   stored rows (from the start, while the WAL is read), the WAL pass hashes the rows its
+   events give, and where digests differ the rows are read one by one to
    name the first differing row and column. Not compared: a transfer's ``metadata``.
 
 Why two processes and a scanner of its own: the WAL module's ``read_wal`` verifies and
@@ -1113,6 +1113,7 @@ _ENTRY_COLUMNS: Final = (
     "credits_pending",
     "credits_posted",
 )
+_ENTRY_SELECT: Final = ", ".join(c + "::text" if c.endswith("_id") else c for c in _ENTRY_COLUMNS)
 
 
 def _locate_entry(conn: Any, book_id: str, account_id: str, directory: Path) -> Finding:
@@ -1153,9 +1154,8 @@ def _locate_entry(conn: Any, book_id: str, account_id: str, directory: Path) -> 
                 )
             )
     rows = conn.execute(
-        "SELECT position, transfer_id::text, pending_id::text, type, side, amount_minor, "
-        "ledger, timestamp_us, debits_pending, debits_posted, credits_pending, credits_posted "
-        "FROM account_entries WHERE book_id = %s AND account_id = %s ORDER BY position",
+        f"SELECT {_ENTRY_SELECT} FROM account_entries WHERE book_id = %s AND account_id = %s "
+        "ORDER BY position",
         (book_id, account_id),
     ).fetchall()
     for i, (got, expected) in enumerate(zip(rows, want, strict=False)):
@@ -1249,6 +1249,9 @@ _TRANSFER_COLUMNS: Final = (
     "expires_at_us",
     "pending_id",
 )
+_TRANSFER_SELECT: Final = ", ".join(
+    c + "::text" if c.endswith("_id") else c for c in ("transfer_id", *_TRANSFER_COLUMNS)
+)
 
 
 def _locate_transfer(conn: Any, book_id: str, directory: Path) -> Finding:
@@ -1279,8 +1282,7 @@ def _locate_transfer(conn: Any, book_id: str, directory: Path) -> Finding:
                 str(UUID(d["pending_id"])),
             )
     rows = conn.execute(
-        "SELECT transfer_id::text, position, code, timestamp_us, timeout_s, expires_at_us, "
-        "pending_id::text FROM transfers WHERE book_id = %s ORDER BY position",
+        f"SELECT {_TRANSFER_SELECT} FROM transfers WHERE book_id = %s ORDER BY position",
         (book_id,),
     ).fetchall()
     for r in rows:
