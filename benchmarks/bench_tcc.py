@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import statistics
 import subprocess
@@ -164,7 +165,7 @@ def open_book(url: str, token: str, side: str) -> Book:
     return Book(url, token, settlement, customers)
 
 
-def ledger_branches(a: Book, b: Book, i: int) -> list[dict[str, Any]]:
+def ledger_branches(a: Book, b: Book, i: int, batched: bool) -> list[dict[str, Any]]:
     def branch(book: Book, name: str, debit: str, credit: str) -> dict[str, Any]:
         base = f"{book.url}/v1/tcc/{{gid}}/{{branch_id}}"
         return {
@@ -172,6 +173,7 @@ def ledger_branches(a: Book, b: Book, i: int) -> list[dict[str, Any]]:
             "try_url": f"{base}/try",
             "confirm_url": f"{base}/confirm",
             "cancel_url": f"{base}/cancel",
+            **({"batch_url": f"{book.url}/v1/tcc/batch"} if batched else {}),
             "payload": {
                 "debit_account_id": debit,
                 "credit_account_id": credit,
@@ -238,6 +240,44 @@ async def load(
     return outcomes["committed"], outcomes["other"], latencies
 
 
+def histograms(urls: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """(sum, count) of every histogram series each process exports at ``/metrics``,
+    keyed ``process: name{labels}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, tuple[float, float]] = {}
+    for name, url in urls.items():
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            if family.type != "histogram":
+                continue
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "le")
+                key = f"{name}: {family.name}{{{labels}}}" if labels else f"{name}: {family.name}"
+                total, count = out.get(key, (0.0, 0.0))
+                if sample.name.endswith("_sum"):
+                    out[key] = (total + sample.value, count)
+                elif sample.name.endswith("_count"):
+                    out[key] = (total, count + sample.value)
+    return out
+
+
+def stage_means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> list[str]:
+    """The mean of every histogram over what was observed between two readings: where a
+    transaction's time goes (latencies in ms, batch sizes as they are)."""
+    lines = []
+    for key in sorted(after):
+        total = after[key][0] - before.get(key, (0.0, 0.0))[0]
+        count = after[key][1] - before.get(key, (0.0, 0.0))[1]
+        if count >= 100:  # not the setup's few requests
+            mean = total / count
+            shown = f"{mean * 1000:.2f} ms" if "seconds" in key else f"{mean:.1f}"
+            lines.append(f"{key} mean {shown} over {count:.0f}")
+    return lines
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -281,6 +321,57 @@ def serve_fake(port: int) -> None:
         await send({"type": "http.response.body", "body": body})
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def measure(
+    args: argparse.Namespace,
+    runs: int,
+    seconds: float,
+    coordinator: str,
+    token: str,
+    make: Any,
+    urls: dict[str, str],
+) -> tuple[int, tuple[float, float, float]]:
+    """A warm-up second, then ``runs`` timed runs; prints each run, the CPU shares and
+    the stage latencies; returns (transfers committed, (median rate, p50 ms, p99 ms))."""
+    warm, _, _ = asyncio.run(load(coordinator, token, make, args.clients, 1.0))
+    figures = []
+    total = warm
+    measured = 0
+    before = histograms(urls)
+    cpu0, wall0 = cpu_snapshot(), time.perf_counter()
+    for _ in range(runs):
+        done, other, lat = asyncio.run(load(coordinator, token, make, args.clients, seconds))
+        total += done
+        measured += done + other
+        figures.append((done / seconds, percentile(lat, 0.5), percentile(lat, 0.99)))
+        print(
+            f"  run: {done / seconds:,.0f} committed/s ({other} not committed), "
+            f"p50 {percentile(lat, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(lat, 0.99) * 1000:.1f} ms",
+            flush=True,
+        )
+    cpu1, wall = cpu_snapshot(), time.perf_counter() - wall0
+    shares = ", ".join(f"{name} {100 * (cpu1[name] - cpu0[name]) / wall:.0f}%" for name in cpu1)
+    print(f"  CPU (100% = one core; 2 cores shared): {shares}", flush=True)
+    # CPU time per transfer varies far less than throughput when other work shares the
+    # machine, so before/after comparisons should quote it.
+    per = ", ".join(
+        f"{name} {1000 * (cpu1[name] - cpu0[name]) / max(measured, 1):.2f}" for name in cpu1
+    )
+    print(f"  CPU ms per transfer: {per}", flush=True)
+    if args.metrics:
+        for line in stage_means(before, histograms(urls)):
+            print("  " + line, flush=True)
+    rate = statistics.median(f[0] for f in figures)
+    p50 = statistics.median(f[1] for f in figures) * 1000
+    p99 = statistics.median(f[2] for f in figures) * 1000
+    print(
+        f"cross-book TCC ({args.participants} participants, {args.clients} clients, "
+        f"median of {runs}): {rate:,.0f} transfers/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms",
+        flush=True,
+    )
+    return total, (rate, p50, p99)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -330,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
                     )
                 )
 
-                def make(i: int) -> list[dict[str, Any]]:
+                def make(i: int, batched: bool) -> list[dict[str, Any]]:
                     return fake_branches(fake)
             else:
                 opened = []
@@ -364,49 +455,42 @@ def run(args: argparse.Namespace) -> int:
                     )
                     return 2
 
-                def make(i: int) -> list[dict[str, Any]]:
-                    return ledger_branches(a, b, i)
+                def make(i: int, batched: bool) -> list[dict[str, Any]]:
+                    return ledger_branches(a, b, i, batched)
 
-            warm, _, _ = asyncio.run(load(coordinator, token, make, args.clients, 1.0))
-            figures = []
-            total = warm
-            measured = 0
-            cpu0, wall0 = cpu_snapshot(), time.perf_counter()
-            for _ in range(runs):
-                done, other, lat = asyncio.run(
-                    load(coordinator, token, make, args.clients, seconds)
+            urls = {"coordinator": coordinator}
+            if books is not None:
+                urls.update({"ledger A": books[0].url, "ledger B": books[1].url})
+            total = 0
+            modes = (
+                [False]
+                if books is None
+                else {"single": [False], "batched": [True], "both": [False, True]}[args.calls]
+            )
+            results = {}
+            for batched in modes:
+                label = "batched calls" if batched else "one request per call"
+                print(f"{args.participants} participants, {label}:", flush=True)
+                done, results[batched] = measure(
+                    args,
+                    runs,
+                    seconds,
+                    coordinator,
+                    token,
+                    functools.partial(make, batched=batched),
+                    urls,
                 )
                 total += done
-                measured += done + other
-                figures.append((done / seconds, percentile(lat, 0.5), percentile(lat, 0.99)))
-                print(
-                    f"  run: {done / seconds:,.0f} committed/s ({other} not committed), "
-                    f"p50 {percentile(lat, 0.5) * 1000:.1f} ms, "
-                    f"p99 {percentile(lat, 0.99) * 1000:.1f} ms",
-                    flush=True,
-                )
-            cpu1, wall = cpu_snapshot(), time.perf_counter() - wall0
-            shares = ", ".join(
-                f"{name} {100 * (cpu1[name] - cpu0[name]) / wall:.0f}%" for name in cpu1
-            )
-            print(f"  CPU (100% = one core; 2 cores shared): {shares}", flush=True)
-            # CPU time per transfer varies far less than throughput when other work
-            # shares the machine, so before/after comparisons should quote it.
-            per = ", ".join(
-                f"{name} {1000 * (cpu1[name] - cpu0[name]) / max(measured, 1):.2f}" for name in cpu1
-            )
-            print(f"  CPU ms per transfer: {per}", flush=True)
-            rate = statistics.median(f[0] for f in figures)
-            p50 = statistics.median(f[1] for f in figures) * 1000
-            p99 = statistics.median(f[2] for f in figures) * 1000
-            print(
-                f"cross-book TCC ({args.participants} participants, {args.clients} clients, "
-                f"median of {runs}): {rate:,.0f} transfers/s, p50 {p50:.1f} ms, "
-                f"p99 {p99:.1f} ms",
-                flush=True,
-            )
             if books is not None:
                 print("  " + check_books(books[0], books[1], total), flush=True)
+            if len(results) == 2:
+                one, many = results[False], results[True]
+                print(
+                    f"batched / one request per call: {many[0]:,.0f} / {one[0]:,.0f} "
+                    f"transfers/s = {many[0] / max(one[0], 1e-9):.2f}x; p99 {many[2]:.1f} / "
+                    f"{one[2]:.1f} ms",
+                    flush=True,
+                )
     finally:
         pg.close()
     return 0
@@ -419,6 +503,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--participants", choices=["ledger", "fake"], default="ledger")
+    parser.add_argument(
+        "--calls",
+        choices=["single", "batched", "both"],
+        default="both",
+        help="ledger participants: one request per call, batch_url branches, or both in turn",
+    )
+    parser.add_argument(
+        "--metrics", action="store_true", help="print each process's mean latencies per mode"
+    )
     parser.add_argument("--serve-fake", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_fake is not None:

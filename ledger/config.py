@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     coordinator_retries_per_s_max: int = Field(default=1000, ge=1, le=1_000_000)
     coordinator_in_flight_max: int = Field(default=10_000, ge=1, le=1_000_000)
     coordinator_connections_max: int = Field(default=256, ge=1, le=10_000)
+    coordinator_batch_calls_max: int = Field(
+        default=512, ge=1, le=8190, description="Calls per batch request (batch_url branches)."
+    )
+    coordinator_batch_in_flight_max: int = Field(
+        default=4, ge=1, le=256, description="Batch requests in flight per participant URL."
+    )
     coordinator_wait_max_s: float = Field(default=60.0, gt=0, le=3600)
 
 

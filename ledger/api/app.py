@@ -42,7 +42,13 @@ from ledger.api.problems import (
     problem_response,
 )
 from ledger.api.security import bearer_key
-from ledger.api.tcc import IDENT_PATTERN, TccOperations, TccTryRequest, register_tcc_routes
+from ledger.api.tcc import (
+    IDENT_PATTERN,
+    TccBatchRequest,
+    TccOperations,
+    TccTryRequest,
+    register_tcc_routes,
+)
 from ledger.application.errors import NodeStopped, Overloaded, Retriable
 from ledger.application.node import LedgerNode
 from ledger.logs import request_id
@@ -374,6 +380,9 @@ def _fast_path(ctx: ApiContext, h: _Handlers, tcc: TccOperations) -> FastPath:
     async def tcc_cancel(_: None, params: tuple[str, ...], __: Call) -> Response:
         return await tcc.cancel(params[0], params[1])
 
+    async def tcc_batch(body: TccBatchRequest, _: tuple[str, ...], __: Call) -> Response:
+        return await tcc.batch(body)
+
     def resolve(kind: str) -> Endpoint:
         async def run(
             body: ResolvePendingRequest | None, params: tuple[str, ...], call: Call
@@ -392,6 +401,7 @@ def _fast_path(ctx: ApiContext, h: _Handlers, tcc: TccOperations) -> FastPath:
         exact={
             "/v1/transfers": Endpoint("/v1/transfers", TypeAdapter(TransfersRequest), transfers),
             "/v1/accounts": Endpoint("/v1/accounts", TypeAdapter(AccountsRequest), accounts),
+            "/v1/tcc/batch": Endpoint("/v1/tcc/batch", TypeAdapter(TccBatchRequest), tcc_batch),
         },
         tcc={
             "try": Endpoint(tcc_route + "try", TypeAdapter(TccTryRequest), tcc_try),

@@ -20,7 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-__all__ = ["ApiProblem", "JsonResponse", "problem_response", "validation_problem"]
+__all__ = [
+    "ApiProblem",
+    "JsonResponse",
+    "problem_body",
+    "problem_response",
+    "validation_problem",
+]
 
 PROBLEM_TYPE = "https://eventledger.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -68,8 +74,9 @@ class ApiProblem(Exception):
         self.extra = extra or {}
 
 
-def problem_response(problem: ApiProblem) -> Response:
-    body: dict[str, Any] = {
+def problem_body(problem: ApiProblem) -> dict[str, Any]:
+    """The problem document of ``problem``."""
+    return {
         "type": PROBLEM_TYPE + problem.code,
         "title": problem.title,
         "status": problem.status,
@@ -77,8 +84,11 @@ def problem_response(problem: ApiProblem) -> Response:
         "detail": problem.detail,
         **problem.extra,
     }
+
+
+def problem_response(problem: ApiProblem) -> Response:
     return Response(
-        orjson.dumps(body),
+        orjson.dumps(problem_body(problem)),
         status_code=problem.status,
         media_type=PROBLEM_MEDIA_TYPE,
         headers=problem.headers,

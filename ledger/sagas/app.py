@@ -108,6 +108,8 @@ def coordinator_config(settings: Settings, database_url: str) -> CoordinatorConf
             alert_after_attempts=settings.coordinator_alert_after_attempts,
             retries_per_s_max=settings.coordinator_retries_per_s_max,
             tcc_timeout_s=settings.coordinator_tcc_timeout_s,
+            batch_calls_max=settings.coordinator_batch_calls_max,
+            batch_in_flight_max=settings.coordinator_batch_in_flight_max,
         ),
         in_flight_max=settings.coordinator_in_flight_max,
         connections_max=settings.coordinator_connections_max,

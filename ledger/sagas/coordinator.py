@@ -220,7 +220,7 @@ class Coordinator:
         self.client = client
         self.clock = clock
         self.metrics = metrics
-        self.rt = Runtime(journal, client, clock, metrics, config.runtime)
+        self.rt = Runtime(journal, client, clock, metrics, config.runtime, settled=self._settled)
         self.live: dict[str, Transaction] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._done: dict[str, asyncio.Event] = {}
@@ -456,8 +456,19 @@ class Coordinator:
         if done is not None:
             done.set()
 
+    def _settled(self, txn: Transaction) -> None:
+        done = self._done.get(txn.gid)
+        if done is not None:
+            done.set()
+
     async def wait(self, gid: str, timeout_s: float) -> None:
-        """Return when ``gid`` is finished (or not live), or after ``timeout_s``."""
+        """Return when ``gid`` is finished (or not live), or after ``timeout_s``.
+
+        Finished: its final state is decided and every branch or step has acknowledged
+        what it had to do; the closing ``TransactionFinished`` record may still be on its
+        way to disk. Nothing depends on that record being durable: a crash before it is
+        written makes recovery repeat the last confirms, cancels or compensations (all
+        idempotent) and write it, with the same outcome."""
         done = self._done.get(gid)
         if done is None or gid not in self.live:
             return

@@ -49,6 +49,12 @@ class CoordinatorMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.batch_items = Histogram(
+            "coordinator_call_batch_items",
+            "Calls per batch request (branches with a batch_url)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8190),
+            registry=r,
+        )
         self.commit_seconds = Histogram(
             "coordinator_journal_commit_seconds",
             "Journal batch: WAL append + fdatasync + PostgreSQL insert",

@@ -56,7 +56,9 @@ __all__ = [
     "build_request",
     "call_participant",
     "classify",
+    "classify_parsed",
     "is_template",
+    "short",
 ]
 
 Op = Literal["try", "confirm", "cancel", "action", "compensate"]
@@ -109,28 +111,31 @@ def _quote(text: str) -> str:
     return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
 
 
-def _short(text: str) -> str:
+def short(text: str) -> str:
     return text if len(text) <= DETAIL_LENGTH_MAX else text[: DETAIL_LENGTH_MAX - 1] + "…"
 
 
 def classify(status_code: int, body: bytes) -> CallOutcome:
     """Classify an HTTP answer (see the table in the module docstring)."""
-    declared: object = None
     parsed: object = None
     try:
         parsed = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         parsed = None
-    if isinstance(parsed, dict):
-        declared = parsed.get("result")
-    detail = _short(body.decode("utf-8", "replace")) if body else ""
+    return classify_parsed(status_code, parsed, body.decode("utf-8", "replace") if body else "")
+
+
+def classify_parsed(status_code: int, parsed: object, text: str) -> CallOutcome:
+    """:func:`classify` of an answer already parsed (``text``: its body as text)."""
+    declared = parsed.get("result") if isinstance(parsed, dict) else None
+    detail = short(text)
     if 200 <= status_code < 300:
         if declared == "success":
             return CallOutcome(CallResult.SUCCESS, status_code, detail)
         if declared == "ongoing":
             return CallOutcome(CallResult.ONGOING, status_code, detail)
         why = "a 2xx answer without result success or ongoing"
-        return CallOutcome(CallResult.TRANSIENT, status_code, _short(f"{why}: {detail}"))
+        return CallOutcome(CallResult.TRANSIENT, status_code, short(f"{why}: {detail}"))
     if status_code == 409 and declared == "failure":
         return CallOutcome(CallResult.FAILURE, status_code, detail)
     return CallOutcome(CallResult.TRANSIENT, status_code, detail)
@@ -160,9 +165,9 @@ async def call_participant(
     try:
         status, content = await poster.post(target, body, sent, timeout_s)
     except CallTimeout as exc:
-        return CallOutcome(CallResult.TRANSIENT, None, _short(f"timed out: {exc}"))
+        return CallOutcome(CallResult.TRANSIENT, None, short(f"timed out: {exc}"))
     except CallFailed as exc:
-        return CallOutcome(CallResult.TRANSIENT, None, _short(f"no answer: {exc}"))
+        return CallOutcome(CallResult.TRANSIENT, None, short(f"no answer: {exc}"))
     return classify(status, content)
 
 

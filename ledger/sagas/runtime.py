@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ledger.sagas.batching import CallBatcher
 from ledger.sagas.http import Poster
 from ledger.sagas.journal import CallFinished, CallStarted, CoordinatorEvent, Journal
 from ledger.sagas.metrics import CoordinatorMetrics
@@ -163,6 +164,8 @@ class RuntimeConfig:
     alert_after_attempts: int = 5
     retries_per_s_max: float = 1000.0
     tcc_timeout_s: float = 30.0
+    batch_calls_max: int = 512
+    batch_in_flight_max: int = 4
 
 
 @dataclass
@@ -177,9 +180,21 @@ class Runtime:
     pokes: dict[str, asyncio.Event] = field(default_factory=dict)
     unrecorded: dict[str, list[CoordinatorEvent]] = field(default_factory=dict)
     budget: RetryBudget | None = None
+    batcher: CallBatcher | None = None
+    settled: Callable[[Transaction], None] | None = None
+    """Called when a transaction's final state is applied, just before its closing
+    record goes to the journal (``?wait=true`` answers then)."""
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.config.retry_base_ms, self.config.retry_max_ms)
+        if self.batcher is None:
+            self.batcher = CallBatcher(
+                self.client,
+                self.config.call_timeout_s,
+                items_max=self.config.batch_calls_max,
+                in_flight_max=self.config.batch_in_flight_max,
+                observe_items=self.metrics.batch_items.observe,
+            )
         # labels() takes a lock and builds a key on every call: look each child up once
         self._call_seconds: dict[str, Any] = {}
         self._calls: dict[tuple[str, str], Any] = {}
@@ -195,6 +210,8 @@ class Runtime:
         held back so far (successful answers are held back to share the next write)."""
         for e in events:
             evolve(txn, e)
+        if txn.finished and self.settled is not None:
+            self.settled(txn)
         held = self.unrecorded.pop(txn.gid, None)
         await self.journal.record(txn.stream, held + events if held else events)
 
@@ -233,13 +250,26 @@ class Runtime:
         headers: Mapping[str, str],
         *,
         failure_allowed: bool,
+        batch_url: str | None = None,
     ) -> CallOutcome:
-        """Send an attempt already recorded by :meth:`start_call`; record its answer
-        (held back when it is a success) and raise alerts."""
+        """Send an attempt already recorded by :meth:`start_call` (to ``batch_url`` in a
+        batch when given, else to ``url`` alone); record its answer (held back when it is
+        a success) and raise alerts."""
         t0 = time.perf_counter()
-        outcome = await call_participant(
-            self.client, url, txn.gid, branch_id, op, payload, headers, self.config.call_timeout_s
-        )
+        if batch_url is not None:
+            assert self.batcher is not None
+            outcome = await self.batcher.call(batch_url, headers, txn.gid, branch_id, op, payload)
+        else:
+            outcome = await call_participant(
+                self.client,
+                url,
+                txn.gid,
+                branch_id,
+                op,
+                payload,
+                headers,
+                self.config.call_timeout_s,
+            )
         elapsed = time.perf_counter() - t0
         timer = self._call_seconds.get(op)
         if timer is None:

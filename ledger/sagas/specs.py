@@ -42,13 +42,16 @@ _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 class BranchSpec(BaseModel):
     """One TCC branch: the three participant URLs, an optional payload (sent with try,
-    or in every envelope) and headers to send (e.g. ``Authorization``)."""
+    or in every envelope) and headers to send (e.g. ``Authorization``). With a
+    ``batch_url``, every call of the branch goes there instead, batched with other
+    transactions' calls to the same participant (``ledger.sagas.batching``)."""
 
     model_config = _STRICT
     branch_id: Id
     try_url: Url
     confirm_url: Url
     cancel_url: Url
+    batch_url: Url | None = None
     payload: Any = None
     headers: Headers = Field(default_factory=dict)
 

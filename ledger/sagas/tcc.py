@@ -165,7 +165,15 @@ async def _try_branch(rt: Runtime, txn: Transaction, b: BranchSpec, recorded: bo
         else:
             attempt = await rt.start_call(txn, b.branch_id, "try")
         outcome = await rt.send(
-            txn, b.branch_id, "try", attempt, b.try_url, b.payload, b.headers, failure_allowed=True
+            txn,
+            b.branch_id,
+            "try",
+            attempt,
+            b.try_url,
+            b.payload,
+            b.headers,
+            failure_allowed=True,
+            batch_url=b.batch_url,
         )
         if outcome.result in (CallResult.SUCCESS, CallResult.FAILURE):
             return outcome.result
@@ -185,7 +193,15 @@ async def _finish_branch(
         else:
             attempt = await rt.start_call(txn, b.branch_id, op)
         outcome = await rt.send(
-            txn, b.branch_id, op, attempt, url, b.payload, b.headers, failure_allowed=False
+            txn,
+            b.branch_id,
+            op,
+            attempt,
+            url,
+            b.payload,
+            b.headers,
+            failure_allowed=False,
+            batch_url=b.batch_url,
         )
         if outcome.result is CallResult.SUCCESS:
             return

@@ -4,6 +4,7 @@ hash-chained, recovery starts from the snapshot of open streams, timeouts are re
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,23 @@ def test_streams_are_gap_free_and_the_wal_verifies(
             body = tcc(participant)
             gids.append(body["gid"])
             assert c.post("/v1/tcc", json=body, params={"wait": "true"}).status_code == 201
+    # ?wait=true answers once the outcome is applied; the closing record follows in the
+    # journal's next group commit.
     store = PostgresEventStore(database_url, "coordinator")
+    deadline = time.monotonic() + 10
     try:
-        streams = store.read_streams([f"tcc-{g}" for g in gids])
+        while True:
+            streams = store.read_streams([f"tcc-{g}" for g in gids])
+            closed = [
+                records and events_from_record(records[-1])[-1].type == "TransactionFinished"
+                for records in streams.values()
+            ]
+            if (len(closed) == len(gids) and all(closed)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     finally:
         store.close()
+    assert len(streams) == len(gids)
     for records in streams.values():
         assert [r.stream_version for r in records] == list(range(1, len(records) + 1))
         events = [e for r in records for e in events_from_record(r)]
