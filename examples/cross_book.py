@@ -13,7 +13,8 @@ book A's customers arrived at book B's), nothing stays pending past its timeout,
 limited account goes below zero.
 
 The branches use the ledger's URL templates (``/v1/tcc/{gid}/{branch_id}/try`` ...), so
-the try body is the hold itself and confirm and cancel carry no body.
+the try body is the hold itself and confirm and cancel carry no body; or, batched, each
+node's ``/v1/tcc/batch``.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ class Side:
     credit_account_id: str
 
 
-def _branch(branch_id: str, side: Side, amount_minor: int, hold_timeout_s: int) -> dict[str, Any]:
+def _branch(
+    branch_id: str, side: Side, amount_minor: int, hold_timeout_s: int, batched: bool
+) -> dict[str, Any]:
     base = f"{side.base_url}/v1/tcc/{{gid}}/{{branch_id}}"
     return {
         "branch_id": branch_id,
         "try_url": f"{base}/try",
         "confirm_url": f"{base}/confirm",
         "cancel_url": f"{base}/cancel",
+        **({"batch_url": f"{side.base_url}/v1/tcc/batch"} if batched else {}),
         "payload": {
             "debit_account_id": side.debit_account_id,
             "credit_account_id": side.credit_account_id,
@@ -61,16 +65,19 @@ def cross_book_transfer(
     *,
     timeout_s: float = 30,
     hold_timeout_s: int = 300,
+    batched: bool = False,
 ) -> dict[str, Any]:
     """The ``POST /v1/tcc`` body: debit ``source`` (customer → settlement) and credit
     ``target`` (settlement → customer). ``hold_timeout_s`` (the ledger's own expiry of
     the holds) is longer than ``timeout_s`` (the coordinator's), so a hold never expires
-    under a transaction that has decided to confirm it while the coordinator is up."""
+    under a transaction that has decided to confirm it while the coordinator is up.
+    ``batched``: the coordinator sends the calls to each node's ``/v1/tcc/batch``,
+    together with other transactions' calls to that node."""
     return {
         "gid": gid,
         "timeout_s": timeout_s,
         "branches": [
-            _branch("debit", source, amount_minor, hold_timeout_s),
-            _branch("credit", target, amount_minor, hold_timeout_s),
+            _branch("debit", source, amount_minor, hold_timeout_s, batched),
+            _branch("credit", target, amount_minor, hold_timeout_s, batched),
         ],
     }

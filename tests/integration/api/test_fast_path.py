@@ -564,6 +564,29 @@ def test_tcc_operations_answer_alike(twins: Twins) -> None:
     t.same("/v1/tcc/g/b/confirm", method="GET", fast=False)
 
 
+def test_tcc_batches_answer_alike(twins: Twins) -> None:
+    t = twins
+    bank, payer = open_pair(t)
+    t.same("/v1/transfers", {"transfers": [xfer(bank, payer, 1000)]}, fast=True)
+    hold = {"debit_account_id": payer, "credit_account_id": bank, "amount_minor": 300}
+    hold["ledger"] = "USD"
+
+    def calls(*items: tuple[str, str, Any]) -> dict[str, Any]:
+        return {"calls": [{"gid": g, "branch_id": "b", "op": o, "payload": p} for g, o, p in items]}
+
+    t.same("/v1/tcc/batch", calls(("k1", "try", hold), ("k2", "cancel", None)), fast=True)
+    r = t.same(
+        "/v1/tcc/batch",
+        calls(("k1", "confirm", None), ("k2", "try", hold), ("k3", "try", {**hold, "x": 1})),
+        fast=True,
+    )
+    assert [i["status"] for i in r.json()["results"]] == [200, 409, 422]  # each in its place
+    # handed on: a body that is not a batch at all
+    for body in ({"calls": []}, {"calls": [1]}, {"calls": "k1"}, {}, None):
+        t.same("/v1/tcc/batch", content=orjson.dumps(body), fast=False)
+    t.same("/v1/tcc/batch", calls(("k1", "confirm", None)), scope="read", fast=False)
+
+
 # -- metrics ------------------------------------------------------------------------------
 
 

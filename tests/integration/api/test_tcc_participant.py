@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -132,3 +133,119 @@ def test_try_refused_by_a_ledger_rule_is_a_final_failure(tcc: LiveServer) -> Non
 def test_tcc_needs_a_write_key(tcc: LiveServer) -> None:
     with tcc.client("read") as c:
         assert op(c, "g6", "b1", "cancel").status_code == 403
+
+
+# -- POST /v1/tcc/batch: many calls at once, each answered as it would be alone --------------
+
+
+def batch(c: httpx.Client, *calls: dict[str, Any]) -> list[dict[str, Any]]:
+    r = c.post("/v1/tcc/batch", json={"calls": list(calls)})
+    assert r.status_code == 200, r.text
+    results: list[dict[str, Any]] = r.json()["results"]
+    assert len(results) == len(calls)
+    return results
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _ids_out(body: dict[str, Any]) -> dict[str, Any]:
+    """The body with its transfer ids (derived from the gid) replaced by a mark."""
+    return {k: _UUID.sub("<id>", v) if isinstance(v, str) else v for k, v in body.items()}
+
+
+def call(gid: str, branch: str, name: str, payload: Any = None) -> dict[str, Any]:
+    return {"gid": gid, "branch_id": branch, "op": name, "payload": payload}
+
+
+def test_a_batch_answers_each_call_as_a_single_call_would(tcc: LiveServer) -> None:
+    with tcc.client("write") as c:
+        # the same sequence once alone and once batched (other gids and accounts)
+        other, other_bank = setup_accounts(c)
+        alone = [
+            op(c, "s1", "b", "try", hold_body(other, other_bank, amount=100)),
+            op(c, "s2", "b", "cancel"),
+            op(c, "s2", "b", "try", hold_body(other, other_bank, amount=100)),
+            op(c, "s3", "b", "try", hold_body(other, other_bank, amount=5000)),
+        ]
+        payer, bank = setup_accounts(c)
+        hold = hold_body(payer, bank, amount=100)
+        batched = batch(
+            c,
+            call("t1", "b", "try", hold),
+            call("t2", "b", "cancel"),  # before its try: empty cancellation
+            call("t2", "b", "try", hold),  # the late try in the same batch: refused
+            call("t3", "b", "try", hold_body(payer, bank, amount=5000)),  # exceeds credits
+        )
+        for single, item in zip(alone, batched, strict=True):
+            assert (item["status"], _ids_out(item["body"])) == (
+                single.status_code,
+                _ids_out(single.json()),
+            )
+        assert [i["status"] for i in batched] == [200, 200, 409, 409]
+        assert batched[2]["body"]["code"] == "id_already_cancelled"
+        assert batched[3]["body"]["code"] == "exceeds_credits"
+        assert balances(c, payer)["debits_pending"] == 100
+        assert balances(c, other)["debits_pending"] == 100
+        # confirm and cancel in one batch, each repeated: idempotent, in order
+        done = batch(
+            c,
+            call("t1", "b", "confirm"),
+            call("t1", "b", "confirm"),
+            call("s1", "b", "cancel"),
+            call("s1", "b", "cancel"),
+            call("t1", "b", "cancel"),  # after its confirm: refused
+        )
+        assert [i["status"] for i in done] == [200, 200, 200, 200, 409]
+        assert done[4]["body"]["code"] == "pending_transfer_already_posted"
+        assert done[0]["body"]["transfer_id"] == done[1]["body"]["transfer_id"]
+        assert balances(c, payer) == {
+            "debits_pending": 0,
+            "debits_posted": 100,
+            "credits_pending": 0,
+            "credits_posted": 1000,
+            "available": 900,
+        }
+        assert balances(c, other)["debits_pending"] == 0
+
+
+def test_a_bad_call_is_answered_in_its_place_and_the_others_go_ahead(tcc: LiveServer) -> None:
+    with tcc.client("write") as c:
+        payer, bank = setup_accounts(c)
+        results = batch(
+            c,
+            call("v1", "b", "try", {**hold_body(payer, bank), "amount_minor": -1}),
+            call("v2", "b", "try", hold_body(payer, bank, amount=10)),
+            call("v 3", "b", "confirm"),
+            {"gid": "v4", "branch_id": "b", "op": "post"},
+            call("v5", "b", "try"),  # a try needs its hold
+        )
+        assert [i["status"] for i in results] == [422, 200, 422, 422, 422]
+        wheres = [[e["where"] for e in i["body"].get("errors", [])] for i in results]
+        assert wheres[0] == ["calls[0].payload.amount_minor"]
+        assert wheres[2] == ["calls[2].gid"]
+        assert wheres[3] == ["calls[3].op"]
+        assert results[0]["body"]["code"] == "invalid_request"
+        assert "calls[0].payload.amount_minor" in results[0]["body"]["detail"]
+        assert results[1]["body"]["result"] == "success"
+        assert balances(c, payer)["debits_pending"] == 10  # only the valid hold
+
+
+def test_batch_limits_and_auth(tcc: LiveServer) -> None:
+    from ledger.api.tcc import TCC_BATCH_CALLS_MAX
+
+    with tcc.client("read") as c:
+        assert (
+            c.post("/v1/tcc/batch", json={"calls": [call("a", "b", "cancel")]}).status_code == 403
+        )
+    with httpx.Client(base_url=tcc.base_url) as anonymous:
+        r = anonymous.post("/v1/tcc/batch", json={"calls": [call("a", "b", "cancel")]})
+        assert r.status_code == 401
+    with tcc.client("write") as c:
+        empty = c.post("/v1/tcc/batch", json={"calls": []})
+        assert empty.status_code == 422 and empty.json()["errors"][0]["where"] == "calls"
+        too_many = {"calls": [call(f"g{i}", "b", "cancel") for i in range(TCC_BATCH_CALLS_MAX + 1)]}
+        r = c.post("/v1/tcc/batch", json=too_many)
+        assert r.status_code in (413, 422), r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert c.post("/v1/tcc/batch", json={"calls": [], "x": 1}).status_code == 422

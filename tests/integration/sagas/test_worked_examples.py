@@ -4,6 +4,7 @@ nodes (examples.cross_book) and an order across the ledger and the inventory ser
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from examples.cross_book import Side, cross_book_transfer
@@ -97,22 +99,60 @@ def run(live: LiveCoordinator, path: str, body: dict[str, object]) -> dict[str, 
     return state
 
 
-def test_cross_book_transfer_commits_on_both_nodes(live: LiveCoordinator, books: Books) -> None:
-    body = cross_book_transfer(gid(), books.source(), books.target(), 300)
+def batch_requests(live: LiveCoordinator) -> int:
+    batcher = live.coordinator.rt.batcher
+    assert batcher is not None
+    return batcher.requests
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one-request-per-call", "batched"])
+def test_cross_book_transfer_commits_on_both_nodes(
+    live: LiveCoordinator, books: Books, batched: bool
+) -> None:
+    body = cross_book_transfer(gid(), books.source(), books.target(), 300, batched=batched)
     assert run(live, "/v1/tcc", body)["status"] == "committed"
-    body = cross_book_transfer(gid(), books.source(), books.target(), 200)
+    body = cross_book_transfer(gid(), books.source(), books.target(), 200, batched=batched)
     assert run(live, "/v1/tcc", body)["status"] == "committed"
     books.check(moved=500)
+    # two transactions, one after the other: a try and a confirm request per node each
+    assert batch_requests(live) == (8 if batched else 0)
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one-request-per-call", "batched"])
 def test_cross_book_transfer_beyond_the_balance_is_cancelled_on_both_nodes(
-    live: LiveCoordinator, books: Books
+    live: LiveCoordinator, books: Books, batched: bool
 ) -> None:
-    body = cross_book_transfer(gid(), books.source(), books.target(), FUNDS + 1)
+    body = cross_book_transfer(gid(), books.source(), books.target(), FUNDS + 1, batched=batched)
     state = run(live, "/v1/tcc", body)
     assert state["status"] == "cancelled"
     assert "exceeds_credits" in str(state["decision_reason"])
     books.check(moved=0)
+
+
+def test_many_batched_cross_book_transfers_share_requests(
+    live: LiveCoordinator, books: Books
+) -> None:
+    """25 transactions at once, 5 of them beyond the balance: the calls to each node
+    share requests, and every transaction gets its own outcome."""
+    amounts = [10] * 20 + [FUNDS + 1] * 5
+
+    async def start_all() -> list[dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {live.tokens['write']}"}
+        async with httpx.AsyncClient(base_url=live.base_url, headers=headers, timeout=60) as c:
+            bodies = [
+                cross_book_transfer(gid(), books.source(), books.target(), amount, batched=True)
+                for amount in amounts
+            ]
+            answers = await asyncio.gather(
+                *(c.post("/v1/tcc", json=b, params={"wait": "true"}) for b in bodies)
+            )
+        return [r.json() for r in answers]
+
+    states = asyncio.run(start_all())
+    assert [s["status"] for s in states] == ["committed"] * 20 + ["cancelled"] * 5
+    books.check(moved=200)
+    # 25 transactions, 2 nodes, 2 calls each: 100 calls; shared, far fewer requests
+    assert batch_requests(live) < 50
 
 
 def test_cross_book_transfer_to_an_unreachable_node_is_cancelled_at_the_timeout(
