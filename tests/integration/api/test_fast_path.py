@@ -582,7 +582,8 @@ def test_tcc_batches_answer_alike(twins: Twins) -> None:
     )
     assert [i["status"] for i in r.json()["results"]] == [200, 409, 422]  # each in its place
     # handed on: a body that is not a batch at all
-    for body in ({"calls": []}, {"calls": [1]}, {"calls": "k1"}, {}, None):
+    bad: list[Any] = [{"calls": []}, {"calls": [1]}, {"calls": "k1"}, {}, None]
+    for body in bad:
         t.same("/v1/tcc/batch", content=orjson.dumps(body), fast=False)
     t.same("/v1/tcc/batch", calls(("k1", "confirm", None)), scope="read", fast=False)
 
