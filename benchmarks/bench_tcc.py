@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import os
 import statistics
 import subprocess
@@ -341,14 +340,18 @@ def measure(
     before = histograms(urls)
     cpu0, wall0 = cpu_snapshot(), time.perf_counter()
     for _ in range(runs):
+        run0 = cpu_snapshot()
         done, other, lat = asyncio.run(load(coordinator, token, make, args.clients, seconds))
+        run1 = cpu_snapshot()
         total += done
         measured += done + other
         figures.append((done / seconds, percentile(lat, 0.5), percentile(lat, 0.99)))
+        cpu_ms = 1000 * sum(run1[k] - run0[k] for k in run1) / max(done + other, 1)
         print(
             f"  run: {done / seconds:,.0f} committed/s ({other} not committed), "
             f"p50 {percentile(lat, 0.5) * 1000:.1f} ms, "
-            f"p99 {percentile(lat, 0.99) * 1000:.1f} ms",
+            f"p99 {percentile(lat, 0.99) * 1000:.1f} ms, "
+            f"{cpu_ms:.2f} ms CPU per transfer (all processes)",
             flush=True,
         )
     cpu1, wall = cpu_snapshot(), time.perf_counter() - wall0
@@ -377,123 +380,125 @@ def measure(
 def run(args: argparse.Namespace) -> int:
     runs = 1 if args.quick else args.runs
     seconds = 3.0 if args.quick else args.seconds
+    modes = (
+        [False]
+        if args.participants == "fake"
+        else {"single": [False], "batched": [True], "both": [False, True]}[args.calls]
+    )
     pg = start_postgres("LEDGER_BENCH_DATABASE_URL")
-    from benchmarks.peer_eventsourcing import fresh_database
-
     try:
-        with ExitStack() as stack:
-            tmp = Path(
-                stack.enter_context(
-                    tempfile.TemporaryDirectory(
-                        dir=os.environ.get("LEDGER_BENCH_DIR", "."), prefix=".bench-tcc-"
-                    )
-                )
+        results = {}
+        for batched in modes:
+            # each mode on new databases, WALs and processes: the same start for both
+            figures = run_mode(args, pg.url, runs, seconds, batched)
+            if figures is None:
+                return 2
+            results[batched] = figures
+        if len(results) == 2:
+            one, many = results[False], results[True]
+            print(
+                f"batched / one request per call: {many[0]:,.0f} / {one[0]:,.0f} "
+                f"transfers/s = {many[0] / max(one[0], 1e-9):.2f}x; p99 {many[2]:.1f} / "
+                f"{one[2]:.1f} ms",
+                flush=True,
             )
-            coord_db = stack.enter_context(fresh_database(pg.url, prefix="bench_tcc_c"))
-            upgrade(coord_db)
-            common = {"LEDGER_LOG_LEVEL": "WARNING", "LEDGER_LOG_JSON": "true"}
-            port = free_port()
-            coordinator = stack.enter_context(
-                process(
-                    ["-m", "ledger.cli", "coordinator", "--port", str(port)],
-                    {
-                        **common,
-                        "LEDGER_DATABASE_URL": coord_db,
-                        "LEDGER_WAL_DIR": str(tmp / "wal"),
-                        "LEDGER_COORDINATOR_CONNECTIONS_MAX": str(max(8, args.clients * 2)),
-                    },
-                    tmp / "coordinator.log",
-                    port,
-                    "coordinator",
-                )
-            )
-            token = token_for(coord_db, "write")
-            books: tuple[Book, Book] | None = None
-            if args.participants == "fake":
-                fport = free_port()
-                fake = stack.enter_context(
-                    process(
-                        ["-m", "benchmarks.bench_tcc", "--serve-fake", str(fport)],
-                        {},
-                        tmp / "fake.log",
-                        fport,
-                        "participant",
-                    )
-                )
-
-                def make(i: int, batched: bool) -> list[dict[str, Any]]:
-                    return fake_branches(fake)
-            else:
-                opened = []
-                for side in ("A", "B"):
-                    db = stack.enter_context(fresh_database(pg.url, prefix=f"bench_tcc_{side}"))
-                    upgrade(db)
-                    lport = free_port()
-                    url = stack.enter_context(
-                        process(
-                            ["-m", "ledger.cli", "serve", "--port", str(lport)],
-                            {
-                                **common,
-                                "LEDGER_DATABASE_URL": db,
-                                "LEDGER_WAL_DIR": str(tmp / f"wal-{side}"),
-                                "LEDGER_BOOK_ID": side,
-                            },
-                            tmp / f"ledger-{side}.log",
-                            lport,
-                            f"ledger {side}",
-                        )
-                    )
-                    opened.append(open_book(url, token_for(db, "write"), side))
-                books = (opened[0], opened[1])
-                a, b = books
-                probe = httpx.post(f"{a.url}/v1/tcc/probe/b/cancel", timeout=10)
-                if probe.status_code == 404:
-                    print(
-                        "the ledger has no /v1/tcc participant endpoints yet: use "
-                        "--participants fake",
-                        flush=True,
-                    )
-                    return 2
-
-                def make(i: int, batched: bool) -> list[dict[str, Any]]:
-                    return ledger_branches(a, b, i, batched)
-
-            urls = {"coordinator": coordinator}
-            if books is not None:
-                urls.update({"ledger A": books[0].url, "ledger B": books[1].url})
-            total = 0
-            modes = (
-                [False]
-                if books is None
-                else {"single": [False], "batched": [True], "both": [False, True]}[args.calls]
-            )
-            results = {}
-            for batched in modes:
-                label = "batched calls" if batched else "one request per call"
-                print(f"{args.participants} participants, {label}:", flush=True)
-                done, results[batched] = measure(
-                    args,
-                    runs,
-                    seconds,
-                    coordinator,
-                    token,
-                    functools.partial(make, batched=batched),
-                    urls,
-                )
-                total += done
-            if books is not None:
-                print("  " + check_books(books[0], books[1], total), flush=True)
-            if len(results) == 2:
-                one, many = results[False], results[True]
-                print(
-                    f"batched / one request per call: {many[0]:,.0f} / {one[0]:,.0f} "
-                    f"transfers/s = {many[0] / max(one[0], 1e-9):.2f}x; p99 {many[2]:.1f} / "
-                    f"{one[2]:.1f} ms",
-                    flush=True,
-                )
     finally:
         pg.close()
     return 0
+
+
+def run_mode(
+    args: argparse.Namespace, pg_url: str, runs: int, seconds: float, batched: bool
+) -> tuple[float, float, float] | None:
+    """Start the coordinator and the participants, measure, check the books."""
+    from benchmarks.peer_eventsourcing import fresh_database
+
+    CHILDREN.clear()
+    with ExitStack() as stack:
+        tmp = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(
+                    dir=os.environ.get("LEDGER_BENCH_DIR", "."), prefix=".bench-tcc-"
+                )
+            )
+        )
+        coord_db = stack.enter_context(fresh_database(pg_url, prefix="bench_tcc_c"))
+        upgrade(coord_db)
+        common = {"LEDGER_LOG_LEVEL": "WARNING", "LEDGER_LOG_JSON": "true"}
+        port = free_port()
+        coordinator = stack.enter_context(
+            process(
+                ["-m", "ledger.cli", "coordinator", "--port", str(port)],
+                {
+                    **common,
+                    "LEDGER_DATABASE_URL": coord_db,
+                    "LEDGER_WAL_DIR": str(tmp / "wal"),
+                    "LEDGER_COORDINATOR_CONNECTIONS_MAX": str(max(8, args.clients * 2)),
+                },
+                tmp / "coordinator.log",
+                port,
+                "coordinator",
+            )
+        )
+        token = token_for(coord_db, "write")
+        books: tuple[Book, Book] | None = None
+        if args.participants == "fake":
+            fport = free_port()
+            fake = stack.enter_context(
+                process(
+                    ["-m", "benchmarks.bench_tcc", "--serve-fake", str(fport)],
+                    {},
+                    tmp / "fake.log",
+                    fport,
+                    "participant",
+                )
+            )
+
+            def make(i: int) -> list[dict[str, Any]]:
+                return fake_branches(fake)
+        else:
+            opened = []
+            for side in ("A", "B"):
+                db = stack.enter_context(fresh_database(pg_url, prefix=f"bench_tcc_{side}"))
+                upgrade(db)
+                lport = free_port()
+                url = stack.enter_context(
+                    process(
+                        ["-m", "ledger.cli", "serve", "--port", str(lport)],
+                        {
+                            **common,
+                            "LEDGER_DATABASE_URL": db,
+                            "LEDGER_WAL_DIR": str(tmp / f"wal-{side}"),
+                            "LEDGER_BOOK_ID": side,
+                        },
+                        tmp / f"ledger-{side}.log",
+                        lport,
+                        f"ledger {side}",
+                    )
+                )
+                opened.append(open_book(url, token_for(db, "write"), side))
+            books = (opened[0], opened[1])
+            a, b = books
+            probe = httpx.post(f"{a.url}/v1/tcc/probe/b/cancel", timeout=10)
+            if probe.status_code == 404:
+                print(
+                    "the ledger has no /v1/tcc participant endpoints yet: use --participants fake",
+                    flush=True,
+                )
+                return None
+
+            def make(i: int) -> list[dict[str, Any]]:
+                return ledger_branches(a, b, i, batched)
+
+        urls = {"coordinator": coordinator}
+        if books is not None:
+            urls.update({"ledger A": books[0].url, "ledger B": books[1].url})
+        label = "batched calls" if batched else "one request per call"
+        print(f"{args.participants} participants, {label}:", flush=True)
+        total, figures = measure(args, runs, seconds, coordinator, token, make, urls)
+        if books is not None:
+            print("  " + check_books(books[0], books[1], total), flush=True)
+        return figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:

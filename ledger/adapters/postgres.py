@@ -177,10 +177,8 @@ class PostgresEventStore:
         self._dsn = _dsn(url)
         self._book_id = book_id
         self._connect_timeout_s = connect_timeout_s
-        self._write_lock = threading.Lock()
-        self._read_lock = threading.Lock()
-        self._write_conn: psycopg.Connection[Any] | None = None
-        self._read_conn: psycopg.Connection[Any] | None = None
+        self._locks = {name: threading.Lock() for name in ("write", "read", "snapshot")}
+        self._conns: dict[str, psycopg.Connection[Any]] = {}
         self._lease_conn: psycopg.Connection[Any] | None = None
         self._holder: str | None = None
         self.epoch: int | None = None
@@ -202,15 +200,14 @@ class PostgresEventStore:
         return conn
 
     def _with_conn(self, which: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        lock = self._write_lock if which == "write" else self._read_lock
+        """Run ``fn`` on the ``which`` connection ("write", "read" or "snapshot"), one
+        caller at a time per connection, reconnecting after a broken one."""
+        lock = self._locks[which]
         with lock:
-            conn = self._write_conn if which == "write" else self._read_conn
+            conn = self._conns.get(which)
             if conn is None or conn.closed:
                 conn = self._connect()
-                if which == "write":
-                    self._write_conn = conn
-                else:
-                    self._read_conn = conn
+                self._conns[which] = conn
             try:
                 return fn(conn)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -218,10 +215,7 @@ class PostgresEventStore:
                 try:
                     conn.close()
                 finally:
-                    if which == "write":
-                        self._write_conn = None
-                    else:
-                        self._read_conn = None
+                    self._conns.pop(which, None)
                 raise EventStoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
             except BaseException:
                 if not conn.closed:
@@ -229,10 +223,11 @@ class PostgresEventStore:
                 raise
 
     def close(self) -> None:
-        for conn in (self._write_conn, self._read_conn, self._lease_conn):
+        for conn in (*self._conns.values(), self._lease_conn):
             if conn is not None and not conn.closed:
                 conn.close()
-        self._write_conn = self._read_conn = self._lease_conn = None
+        self._conns.clear()
+        self._lease_conn = None
 
     # -- lease -------------------------------------------------------------------------
 
@@ -315,8 +310,10 @@ class PostgresEventStore:
         snapshots: Sequence[SnapshotLike] = (),
         watermark: int | None = None,
     ) -> None:
-        """Insert ``records`` (and snapshots up to ``watermark``) in one transaction."""
-        if not records and not snapshots:
+        """Insert ``records`` (and snapshots up to ``watermark``) in one transaction.
+        Without records (snapshots and watermark alone) it runs on a connection of its
+        own, so a large snapshot never holds up the batches written meanwhile."""
+        if not records and not snapshots and watermark is None:
             return
 
         def run(conn: psycopg.Connection[Any]) -> None:
@@ -328,7 +325,7 @@ class PostgresEventStore:
                     self._upsert_snapshots(conn, snapshots, watermark)
 
         try:
-            self._with_conn("write", run)
+            self._with_conn("write" if records else "snapshot", run)
         except psycopg.errors.UniqueViolation as exc:
             raise DuplicateEvent(
                 f"book {self._book_id!r}: batch at positions {records[0].position}.."

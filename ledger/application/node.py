@@ -136,6 +136,13 @@ class LedgerNode:
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._inserts: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
+        # Snapshots go to PostgreSQL in their own transaction, beside the batches: one
+        # capture holds every hold changed since the last (tens of thousands of rows at
+        # the default interval), which inside a batch's transaction held up every
+        # answer for a second or more. One capture at a time: the next is taken only
+        # once the previous one is stored.
+        self._snapshots: queue.Queue[tuple[list[SnapshotRow], int] | None] = queue.Queue()
+        self._snapshot_busy = False
         # Decided jobs not yet taken by the committer. The decider takes a slot *before*
         # gathering requests, so each batch gathers everything that arrived while the
         # previous one was being committed (adaptive batching, as in group commit).
@@ -201,6 +208,7 @@ class LedgerNode:
             ("ledger-decider", self._decider),
             ("ledger-wal", self._wal_stage),
             ("ledger-store", self._store_stage),
+            ("ledger-snapshots", self._snapshot_stage),
         )
         for name, target in stages:
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -375,7 +383,11 @@ class LedgerNode:
         for r in batch:
             job.outcomes.append(flat[i : i + len(r.commands)])
             i += len(r.commands)
-        if self.position - self._flushed_position >= self.config.snapshot_every_events:
+        if (
+            self.position - self._flushed_position >= self.config.snapshot_every_events
+            and not self._snapshot_busy
+        ):
+            self._snapshot_busy = True
             with self._state_lock:
                 job.snapshots = self.cache.capture_snapshots()
             job.watermark = self.position
@@ -445,15 +457,36 @@ class LedgerNode:
         while True:
             job = self._inserts.get()
             if job is None:
+                self._snapshots.put(None)
                 return
             if self.failure is not None:
                 self._fail_requests(job.requests, NodeStopped(f"node stopped: {self.failure!r}"))
                 continue
             try:
-                self.recorder.insert(job.records, job.snapshots, job.watermark)
+                self.recorder.insert(job.records)
                 self._answer(job)
             except BaseException as exc:
                 self._stop_with(exc, job.requests)
+                continue
+            if job.watermark is not None:
+                # after the batch at the watermark committed, so the snapshots never
+                # describe a state whose events are not stored
+                self._snapshots.put((job.snapshots, job.watermark))
+
+    def _snapshot_stage(self) -> None:
+        """Save each capture with its watermark in one transaction of its own."""
+        while True:
+            item = self._snapshots.get()
+            if item is None:
+                return
+            rows, watermark = item
+            try:
+                if self.failure is None:
+                    self.recorder.insert([], rows, watermark)
+            except BaseException as exc:
+                self._stop_with(exc, [])
+            finally:
+                self._snapshot_busy = False
 
     def _answer(self, job: _Job) -> None:
         by_loop: dict[

@@ -79,6 +79,10 @@ class EventStore(Protocol):
     ) -> None:
         """Insert the records (and snapshots at ``watermark``) in one transaction.
 
+        With no records, the snapshots and the watermark alone (the node saves each
+        capture so, beside the batches, after the batch at ``watermark`` committed); such
+        a call may run while another thread writes a batch.
+
         Checks ``epoch`` is current in the same transaction. Raises ``LeaseLost`` if another
         writer took the lease, ``EventStoreUnavailable`` when the database cannot be reached
         (retriable), ``DuplicateEvent`` if a position or event id is already stored.

@@ -217,8 +217,9 @@ class Recorder:
         snapshots: Sequence[SnapshotLike] = (),
         watermark: int | None = None,
     ) -> None:
-        """Step 2 alone (after :meth:`append` of the same batch): PostgreSQL, retried."""
-        if records or snapshots:
+        """Step 2 alone (after :meth:`append` of the same batch): PostgreSQL, retried.
+        With no records: the snapshots and the watermark alone."""
+        if records or snapshots or watermark is not None:
             t1 = time.perf_counter()
             self._insert_with_retry(records, snapshots, watermark)
             if self.observe_store_s:

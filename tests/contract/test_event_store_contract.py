@@ -144,6 +144,25 @@ class EventStoreContract:
         store.append_batch([], epoch, newer, 4)
         assert store.load_snapshots_where("transfer-", "status", "pending") == []
 
+    def test_snapshots_alone_move_the_watermark_and_check_the_epoch(self) -> None:
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        store.append_batch(make_records(6), epoch)
+        store.append_batch([], epoch, [SnapshotRow("account-a", 1, {"id": "a"})], 6)
+        assert store.watermark() == 6
+        assert store.load_snapshots(["account-a"]) == {"account-a": {"id": "a"}}
+        store.append_batch([], epoch, [], 6)  # a capture with no changed row
+        assert store.watermark() == 6
+        store.append_batch(make_records(1, first=7), epoch)  # batches go on meanwhile
+        assert store.head()[0] == 7
+        self.release(store)
+        other = self.make_peer(store)
+        other.acquire_lease("b")
+        with pytest.raises(LeaseLost):
+            store.append_batch([], epoch, [SnapshotRow("account-a", 2, {"id": "x"})], 7)
+        assert other.load_snapshots(["account-a"]) == {"account-a": {"id": "a"}}
+        assert other.watermark() == 6
+
     def test_reports_which_event_ids_exist(self) -> None:
         store = self.make_store()
         epoch = store.acquire_lease("a")

@@ -7,9 +7,11 @@ restart reproduces the state; recovery repairs each way the two copies can diffe
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -347,6 +349,58 @@ def test_cancel_before_try_survives_a_restart(tmp_path: Path) -> None:
         assert late.id not in again.state.forbidden  # not loaded until asked
         [refused] = await again.submit([late])
         assert refused.code == domain.RejectionCode.id_already_cancelled
+        await again.close()
+
+    asyncio.run(scenario())
+
+
+class _SlowSnapshots(MemoryEventStore):
+    """A store whose snapshot-only writes wait for ``gate`` (a large capture)."""
+
+    def __init__(self, book: str, db: MemoryDatabase) -> None:
+        super().__init__(book, db)
+        self.gate = threading.Event()
+        self.snapshot_writes = 0
+
+    def append_batch(
+        self,
+        records: Sequence[Any],
+        epoch: int,
+        snapshots: Sequence[Any] = (),
+        watermark: int | None = None,
+    ) -> None:
+        if not records:
+            assert self.gate.wait(10), "never released"
+            self.snapshot_writes += 1
+        super().append_batch(records, epoch, snapshots, watermark)
+
+
+def test_a_slow_snapshot_holds_up_no_batch(tmp_path: Path) -> None:
+    """Snapshots are saved beside the batches: while one is being written, commands are
+    still answered (and no second capture starts); once written, the watermark is there."""
+    db = MemoryDatabase()
+    wal, _ = open_wal(tmp_path / "wal", 64 * 1024)
+    store = _SlowSnapshots(BOOK, db)
+    config = NodeConfig(snapshot_every_events=2)
+
+    async def scenario() -> None:
+        node = await LedgerNode.open(Recorder(wal, store, retry_max_ms=20), config)
+        accounts = [account() for _ in range(2)]
+        await node.submit(accounts)  # 2 events: a capture is due
+        for i in range(20):
+            [done] = await asyncio.wait_for(
+                node.submit([transfer(accounts[0].id, accounts[1].id, i + 1)]), 5
+            )
+            assert done.status == "created"
+        assert store.watermark() == 0  # the capture is still being written
+        assert store.snapshot_writes == 0
+        store.gate.set()
+        await node.close()
+        assert store.snapshot_writes >= 1
+        assert store.watermark() > 0
+        again = await start(tmp_path / "wal", db, config)
+        credited = await again.read_account(accounts[1].id)
+        assert credited is not None and credited.credits_posted == sum(range(1, 21))
         await again.close()
 
     asyncio.run(scenario())
