@@ -351,7 +351,11 @@ def measure(
             f"  run: {done / seconds:,.0f} committed/s ({other} not committed), "
             f"p50 {percentile(lat, 0.5) * 1000:.1f} ms, "
             f"p99 {percentile(lat, 0.99) * 1000:.1f} ms, "
-            f"{cpu_ms:.2f} ms CPU per transfer (all processes)",
+            f"{cpu_ms:.2f} ms CPU per transfer (all processes: "
+            + ", ".join(
+                f"{k} {1000 * (run1[k] - run0[k]) / max(done + other, 1):.2f}" for k in run1
+            )
+            + ")",
             flush=True,
         )
     cpu1, wall = cpu_snapshot(), time.perf_counter() - wall0

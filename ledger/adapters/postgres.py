@@ -13,9 +13,10 @@ epoch, incremented by every takeover; each batch transaction first reads the row
 SHARE`` and checks the epoch, so a deposed writer (whose lock was lost, e.g. after a
 network partition) can never commit, and a takeover waits for an in-flight batch to finish.
 
-Batches go in with binary ``COPY``; account and pending-transfer snapshots, with the
-book's snapshot watermark, are upserted in the same transaction as the batch they belong
-to, so the snapshots always describe the state at exactly the watermark position.
+Batches go in with ``COPY``; account and pending-transfer snapshots are upserted with the
+book's snapshot watermark in one transaction (the node's own, on a connection of its own,
+after the batch at the watermark committed), so the snapshots always describe the state
+at exactly the watermark position.
 """
 
 from __future__ import annotations

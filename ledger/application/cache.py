@@ -13,9 +13,10 @@ must never miss a stored stream, so :meth:`BookCache.applied` adds every stream 
 creates, in the batch that creates it. Until the filter is built every id is looked up.
 
 Snapshots: the cache remembers which records changed since the last snapshot; every
-``snapshot_every_events`` events the node saves those records, with the batch that
-reaches the threshold, in the same PostgreSQL transaction, and that batch's last position
-becomes the new watermark.
+``snapshot_every_events`` events the node captures those records as of the batch that
+reaches the threshold, whose last position becomes the new watermark, and saves them in
+a PostgreSQL transaction of their own once that batch has committed (beside the batches
+that follow; the watermark moves only with the rows).
 
 All methods run on the node's decider thread (or before it starts).
 """
