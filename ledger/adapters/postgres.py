@@ -180,6 +180,7 @@ class PostgresEventStore:
         self._connect_timeout_s = connect_timeout_s
         self._locks = {name: threading.Lock() for name in ("write", "read", "snapshot")}
         self._conns: dict[str, psycopg.Connection[Any]] = {}
+        self._lease_lock = threading.Lock()
         self._lease_conn: psycopg.Connection[Any] | None = None
         self._holder: str | None = None
         self.epoch: int | None = None
@@ -277,6 +278,10 @@ class PostgresEventStore:
         Raises :class:`LeaseLost` if another writer took over meanwhile, and
         :class:`EventStoreUnavailable` while the database cannot be reached.
         """
+        with self._lease_lock:  # the store and snapshot stages may both retry at once
+            self._reassert_lease(epoch)
+
+    def _reassert_lease(self, epoch: int) -> None:
         if self._lease_conn is not None and not self._lease_conn.closed:
             try:
                 self._lease_conn.execute("SELECT 1")
