@@ -32,6 +32,7 @@ from ledger import domain
 from ledger.api.auth import ApiKey, KeyStore
 from ledger.api.fast import Call, Endpoint, FastPath, new_request_id
 from ledger.api.idempotency import KEY_LENGTH_MAX, IdempotencyStore, body_digest
+from ledger.api.limits import BATCH_ITEMS_MAX
 from ledger.api.metrics import ApiMetrics
 from ledger.api.problems import (
     ApiProblem,
@@ -55,7 +56,6 @@ from ledger.logs import request_id
 
 __all__ = ["BATCH_ITEMS_MAX", "ApiContext", "LedgerApi", "create_app"]
 
-BATCH_ITEMS_MAX = 8190
 POST_VOID_NAMESPACE = uuid.UUID("4f3c7a52-7d0e-4c56-9c55-1f0d8e0a7b11")
 
 

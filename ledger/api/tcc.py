@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from ledger import domain
+from ledger.api.limits import BATCH_ITEMS_MAX
 from ledger.api.problems import JsonResponse, problem_body, validation_problem
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "TccBatchResponse",
     "TccOperations",
     "TccTryRequest",
-    "branch_ids",
     "register_tcc_routes",
     "transfer_id",
 ]
@@ -57,17 +57,8 @@ Branch = Annotated[str, Path(pattern=IDENT_PATTERN, description="branch id withi
 Submit = Callable[[list[domain.Command]], Awaitable[list[domain.CommandOutcome]]]
 
 
-def branch_ids(gid: str, branch_id: str) -> tuple[UUID, UUID, UUID]:
-    """(try, confirm, cancel) transfer ids of one branch: stable across retries."""
-    return (
-        transfer_id("try", gid, branch_id),
-        transfer_id("confirm", gid, branch_id),
-        transfer_id("cancel", gid, branch_id),
-    )
-
-
 def transfer_id(op: str, gid: str, branch_id: str) -> UUID:
-    """The id of the transfer ``op`` of a branch makes."""
+    """The id of the transfer ``op`` of a branch makes: stable across retries."""
     return uuid.uuid5(TCC_NAMESPACE, f"{op}:{gid}/{branch_id}")
 
 
@@ -94,8 +85,8 @@ class TccResult(BaseModel):
 _CONFIRMED_ALREADY = frozenset({domain.RejectionCode.pending_transfer_already_posted})
 _NONE_DONE: frozenset[domain.RejectionCode] = frozenset()
 
-TCC_BATCH_CALLS_MAX = 8190
-"""Calls per ``POST /v1/tcc/batch`` (the node's batch limit)."""
+TCC_BATCH_CALLS_MAX = BATCH_ITEMS_MAX
+"""Calls per ``POST /v1/tcc/batch``."""
 
 TccOp = Literal["try", "confirm", "cancel"]
 
