@@ -12,10 +12,16 @@ the whole try + confirm round) with a fresh gid. After the run the books are che
 every committed transfer moved exactly one unit on each side (settlement A's credits =
 settlement B's debits = committed count) and nothing is left pending.
 
+``--calls``: the branches call the nodes one request per call (``single``), through the
+nodes' ``/v1/tcc/batch`` (``batched``: ``ledger.sagas.batching``), or ``both`` in turn
+(default), each mode on new databases, WALs and processes, with the ratio printed.
+``--metrics`` prints each process's mean stage latencies (from its ``/metrics``).
+
 ``--participants fake`` replaces both ledger nodes by a minimal participant that answers
 success at once (one raw ASGI process): the coordinator's own ceiling.
 
-Run: ``python -m benchmarks.bench_tcc [--quick] [--participants ledger|fake]``.
+Run: ``python -m benchmarks.bench_tcc [--quick] [--calls single|batched|both]
+[--participants ledger|fake] [--metrics]``.
 """
 
 from __future__ import annotations
@@ -322,6 +328,13 @@ def serve_fake(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+def cpu_ms_per_transfer(
+    before: dict[str, float], after: dict[str, float], transfers: int
+) -> dict[str, float]:
+    """Each process's CPU milliseconds per transfer between two :func:`cpu_snapshot`."""
+    return {k: 1000 * (after[k] - before[k]) / max(transfers, 1) for k in after}
+
+
 def measure(
     args: argparse.Namespace,
     runs: int,
@@ -346,15 +359,13 @@ def measure(
         total += done
         measured += done + other
         figures.append((done / seconds, percentile(lat, 0.5), percentile(lat, 0.99)))
-        cpu_ms = 1000 * sum(run1[k] - run0[k] for k in run1) / max(done + other, 1)
+        each = cpu_ms_per_transfer(run0, run1, done + other)
         print(
             f"  run: {done / seconds:,.0f} committed/s ({other} not committed), "
             f"p50 {percentile(lat, 0.5) * 1000:.1f} ms, "
             f"p99 {percentile(lat, 0.99) * 1000:.1f} ms, "
-            f"{cpu_ms:.2f} ms CPU per transfer (all processes: "
-            + ", ".join(
-                f"{k} {1000 * (run1[k] - run0[k]) / max(done + other, 1):.2f}" for k in run1
-            )
+            f"{sum(each.values()):.2f} ms CPU per transfer (all processes: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in each.items())
             + ")",
             flush=True,
         )
@@ -363,10 +374,10 @@ def measure(
     print(f"  CPU (100% = one core; 2 cores shared): {shares}", flush=True)
     # CPU time per transfer varies far less than throughput when other work shares the
     # machine, so before/after comparisons should quote it.
-    per = ", ".join(
-        f"{name} {1000 * (cpu1[name] - cpu0[name]) / max(measured, 1):.2f}" for name in cpu1
+    each = cpu_ms_per_transfer(cpu0, cpu1, measured)
+    print(
+        "  CPU ms per transfer: " + ", ".join(f"{k} {v:.2f}" for k, v in each.items()), flush=True
     )
-    print(f"  CPU ms per transfer: {per}", flush=True)
     if args.metrics:
         for line in stage_means(before, histograms(urls)):
             print("  " + line, flush=True)
