@@ -26,7 +26,9 @@ What is checked, in this order (the first finding is reported with its location)
    the rest (position, code, timestamp, timeout, expiry, hold id). PostgreSQL hashes the
    stored rows (from the start, while the WAL is read), the WAL pass hashes the rows its
    events give, and where digests differ the rows are read one by one to
-   name the first differing row and column. Not compared: a transfer's ``metadata``.
+   name the first differing row and column. A transfer's ``metadata`` is compared by
+   PostgreSQL with its event's (the ``events`` row at the transfer's position, which
+   step 3 proves equal to the WAL's record).
 
 Why two processes and a scanner of its own: the WAL module's ``read_wal`` verifies and
 then decodes in two passes and the domain's ``evolve`` builds full objects; together
@@ -975,7 +977,9 @@ def _compare_read_models(
         summaries["balances"] = _compare_balances(conn, book_id, books)
         # Transfers first: their rows are compared in Python while PostgreSQL still hashes
         # the entries.
-        transfers = _compare_transfers(conn, book_id, books, head, digests.transfers, directory)
+        transfers = _compare_transfers(
+            conn, book_id, books, head, digests.transfers, digests.metadata, directory
+        )
         summaries["entries"] = _compare_entries(
             conn, book_id, books, head, digests.entries.result(), directory
         )
@@ -1032,8 +1036,20 @@ _TRANSFERS_DIGEST_SQL: Final = (
 order as :func:`_transfer_bytes` forms them."""
 
 
+_TRANSFERS_METADATA_SQL: Final = (
+    "SELECT t.transfer_id::text, t.metadata::text, (e.data -> 'metadata')::jsonb::text, "
+    "t.position FROM transfers t LEFT JOIN events e "
+    "ON e.book_id = t.book_id AND e.position = t.position WHERE t.book_id = %s "
+    "AND t.metadata IS DISTINCT FROM (e.data -> 'metadata')::jsonb "
+    "ORDER BY t.position LIMIT 1"
+)
+"""The first transfers row whose metadata differs from its event's. The events rows are
+the WAL's (the store check proves it, and its findings are reported first), so PostgreSQL
+compares the two itself, while the WAL is read, and the WAL pass skips the metadata."""
+
 EntryDigests = tuple[int, dict[str, tuple[int, bytes]]]
 TransferDigest = tuple[int, bytes]
+MetadataCheck = tuple[int, tuple[str, str, str | None, int] | None]
 
 
 def _hashed(database_url: str, book_id: str, model: str, sql: str) -> tuple[int, list[Any]]:
@@ -1061,12 +1077,18 @@ def _transfer_digest(database_url: str, book_id: str) -> TransferDigest:
     return checkpoint, bytes(digest) if digest is not None else hashlib.sha256().digest()
 
 
+def _metadata_check(database_url: str, book_id: str) -> MetadataCheck:
+    checkpoint, rows = _hashed(database_url, book_id, "transfers", _TRANSFERS_METADATA_SQL)
+    return checkpoint, (rows[0][0], rows[0][1], rows[0][2], int(rows[0][3])) if rows else None
+
+
 @dataclass(frozen=True)
 class _Digests:
     """The digest queries PostgreSQL runs while the read models are compared row by row."""
 
     entries: Future[EntryDigests]
     transfers: Future[TransferDigest]
+    metadata: Future[MetadataCheck]
 
 
 def _compare_entries(
@@ -1203,6 +1225,7 @@ def _compare_transfers(
     books: _Books,
     head: int,
     digests: Future[TransferDigest],
+    metadata: Future[MetadataCheck],
     directory: Path,
 ) -> str:
     count = 0
@@ -1238,6 +1261,18 @@ def _compare_transfers(
         )
     if digest != books.rows.digest():
         raise _locate_transfer(conn, book_id, directory)
+    checkpoint, differs = metadata.result()
+    if checkpoint != head:
+        raise Finding(
+            f"read model transfers of book {book_id!r}",
+            f"at position {checkpoint} when its metadata was compared, the WAL at {head}",
+        )
+    if differs is not None:
+        transfer_id, got, expected, position = differs
+        raise Finding(
+            f"transfers row (book {book_id!r}, transfer {transfer_id})",
+            f"metadata is {got}, the event at position {position} gives {expected}",
+        )
     return f"{count} transfers match"
 
 
@@ -1388,6 +1423,7 @@ def replay_wal(
         digests = _Digests(
             hashing.submit(_entry_digests, database_url, book_id),
             hashing.submit(_transfer_digest, database_url, book_id),
+            hashing.submit(_metadata_check, database_url, book_id),
         )
     try:
         if store is not None:

@@ -79,6 +79,7 @@ class SyntheticBook:
                     pending_id=pending_id,
                     amount_minor=rng.randint(1, held_minor),
                     flags=domain.TransferFlags(post_pending_transfer=True),
+                    metadata={"posted": "partly"} if roll < 0.03 else {},
                 )
             return domain.CreateTransfer(
                 id=self._uuid(),
@@ -101,7 +102,7 @@ class SyntheticBook:
             code=rng.randint(1, 3),
             flags=domain.TransferFlags(pending=pending),
             timeout_s=rng.choice((0, 60)) if pending else 0,
-            metadata={"n": str(rng.randint(0, 99))} if roll < 0.1 else {},
+            metadata={"n": str(rng.randint(0, 99))} if 0.7 < roll <= 0.8 else {},
         )
 
     def decide(self, commands: list[domain.Command]) -> list[EventRecord]:

@@ -289,6 +289,32 @@ def test_a_hold_resolved_elsewhere_is_found(audited: tuple[str, Path, SyntheticB
     assert found.value.what.startswith("resolved_position is ")
 
 
+@pytest.mark.parametrize(
+    ("change", "which"),
+    [
+        ("""metadata = '{"n": "tampered"}'""", "metadata <> '{}'"),
+        ("""metadata = '{"added": "1"}'""", "metadata = '{}' AND kind = 'post'"),
+        ("metadata = '{}'", "metadata <> '{}'"),
+    ],
+)
+def test_altered_transfer_metadata_is_found(
+    audited: tuple[str, Path, SyntheticBook], change: str, which: str
+) -> None:
+    url, wal_dir, _ = audited
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        row = conn.execute(
+            f"UPDATE transfers SET {change} WHERE transfer_id = (SELECT transfer_id "
+            f"FROM transfers WHERE {which} ORDER BY position LIMIT 1 OFFSET 2) "
+            "RETURNING transfer_id, position"
+        ).fetchone()
+    assert row is not None
+    with pytest.raises(Finding) as found:
+        replay_wal(wal_dir, url, BOOK)
+    assert found.value.where == f"transfers row (book 'audit', transfer {row[0]})"
+    assert found.value.what.startswith("metadata is ")
+    assert f"the event at position {row[1]} gives" in found.value.what
+
+
 class _Sink:
     def __init__(self) -> None:
         self.items: list[tuple[Any, ...]] = []
