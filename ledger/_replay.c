@@ -62,6 +62,7 @@ typedef struct {
     int expires; /* 0 absent, 1 a number, 2 null */
     long long amount, ts, code, timeout, expires_at;
     Field debit_id, credit_id, transfer_id, pending_id, ledger;
+    Field metadata; /* the raw value: kind 1 if it is exactly {}, 3 for any other */
     int flags; /* 0 absent, 1 being read, 2 pending true, 3 pending false */
     Balances debit_after, credit_after;
 } Data;
@@ -418,6 +419,19 @@ static const char *data_member(void *ctx, const char *k, Py_ssize_t n, const cha
         p = read_object(p, end, balances_member, b);
         if (b->seen != 15) {
             return NULL;
+        }
+        return p;
+    }
+    if (KEY_IS(k, n, "metadata")) {
+        if (d->metadata.kind != 0) {
+            return NULL;
+        }
+        const char *start = p;
+        p = skip_value(p, end, 2);
+        if (p != NULL) {
+            d->metadata.s = start;
+            d->metadata.n = p - start;
+            d->metadata.kind = d->metadata.n == 2 && start[0] == '{' && start[1] == '}' ? 1 : 3;
         }
         return p;
     }
@@ -830,6 +844,10 @@ typedef struct {
     PyObject *accounts, *transfers, *forbidden, *rows;
 } Books;
 
+/* ledger/audit.py's _metadata_bytes, for a transfer's metadata that is not {} (set by
+ * set_metadata_bytes; without it such a record is left to the reference). */
+static PyObject *metadata_fn = NULL;
+
 /* Apply one decoded transfer event at `position`: 1 applied, 0 left to the reference
  * (nothing changed), -1 error. */
 static int apply(Books *books, const Envelope *e, int kind, long long position) {
@@ -845,7 +863,7 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
     PyObject *transfer_key = d->transfer_id.kind == 1 ? text(&d->transfer_id) : NULL;
     PyObject *pending_key = d->pending_id.kind == 1 ? text(&d->pending_id) : NULL;
     PyObject *ledger = d->ledger.kind == 1 ? ledger_text(&d->ledger) : Py_NewRef(Py_None);
-    PyObject *record = NULL;
+    PyObject *record = NULL, *meta = NULL;
     if (ledger == NULL || (d->transfer_id.kind == 1 && transfer_key == NULL) ||
         (d->pending_id.kind == 1 && pending_key == NULL)) {
         PyErr_Clear(); /* not UTF-8: the reference says so */
@@ -941,6 +959,20 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
         row_n = transfer_bytes(row, position, &row_ids, d->code, d->ts,
                                hold_created ? d->timeout : 0, hold_created && d->expires == 1,
                                d->expires_at, row_ids.has_pending);
+        /* The metadata's bytes follow the row's: a 0 for {}, else from the reference. */
+        if (d->metadata.kind == 0 || (d->metadata.kind == 3 && metadata_fn == NULL)) {
+            goto done;
+        }
+        if (d->metadata.kind == 3) {
+            meta = PyObject_CallFunction(metadata_fn, "y#", d->metadata.s, d->metadata.n);
+            if (meta == NULL || !PyBytes_Check(meta)) {
+                if (meta != NULL) {
+                    PyErr_SetString(PyExc_TypeError, "metadata bytes must be bytes");
+                }
+                result = -1;
+                goto done;
+            }
+        }
     }
     uint8_t debit_entry[ENTRY_BYTES_MAX], credit_entry[ENTRY_BYTES_MAX];
     Py_ssize_t debit_n = entry_bytes(debit_entry, position, debit_account, &ids, amount,
@@ -950,7 +982,11 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
     /* Everything checks: from here on the state changes. */
     if (hash_update(PyList_GET_ITEM(debit, 9), debit_entry, debit_n) < 0 ||
         hash_update(PyList_GET_ITEM(credit, 9), credit_entry, credit_n) < 0 ||
-        (row_n > 0 && hash_update(books->rows, row, row_n) < 0)) {
+        (row_n > 0 && hash_update(books->rows, row, row_n) < 0) ||
+        (row_n > 0 && hash_update(books->rows,
+                                  meta ? (const uint8_t *)PyBytes_AS_STRING(meta)
+                                       : (const uint8_t *)"",
+                                  meta ? PyBytes_GET_SIZE(meta) : 1) < 0)) {
         result = -1;
         goto done;
     }
@@ -1009,6 +1045,7 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
     }
     result = failed ? -1 : 1;
 done:
+    Py_XDECREF(meta);
     Py_XDECREF(record);
     Py_XDECREF(transfer_key);
     Py_XDECREF(pending_key);
@@ -1329,6 +1366,15 @@ static PyObject *py_forget(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_set_metadata_bytes(PyObject *self, PyObject *fn) {
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "set_metadata_bytes needs a callable");
+        return NULL;
+    }
+    Py_XSETREF(metadata_fn, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"apply_records", py_apply_records, METH_VARARGS,
      "apply_records(buf, offset, count, position, accounts, transfers, forbidden, hashes, "
@@ -1338,6 +1384,9 @@ static PyMethodDef methods[] = {
     {"store_rows", py_store_rows, METH_VARARGS,
      "store_rows(buf, offset, expected, prev_hash_hex, last) -> (offset, expected, "
      "prev_hash_hex, digests): events COPY lines checked up to position last"},
+    {"set_metadata_bytes", py_set_metadata_bytes, METH_O,
+     "set_metadata_bytes(fn) -> None: fn(raw JSON) gives the hashed bytes of a transfer's "
+     "metadata that is not {}"},
     {"forget", py_forget, METH_NOARGS,
      "forget() -> None: drop the table of accounts kept between calls."},
     {NULL, NULL, 0, NULL},
