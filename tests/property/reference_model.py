@@ -17,11 +17,13 @@ from uuid import UUID
 
 from ledger.domain import (
     AMOUNT_MAX,
+    CancelPendingTransfer,
     CloseAccount,
     Command,
     CreateTransfer,
     ExpirePendingTransfers,
     OpenAccount,
+    TransferFlags,
 )
 
 LEDGER = re.compile(r"[A-Z0-9_]{1,12}")
@@ -61,6 +63,7 @@ class RefTransfer:
 class RefLedger:
     accounts: dict[UUID, RefAccount] = field(default_factory=dict)
     transfers: dict[UUID, RefTransfer] = field(default_factory=dict)
+    forbidden: dict[UUID, UUID] = field(default_factory=dict)  # pending id -> cancel's id
 
 
 class Rejected(Exception):
@@ -151,6 +154,8 @@ def create_transfer(m: RefLedger, c: CreateTransfer, now_us: int) -> str:
         if not _same_transfer(m.transfers[c.id], c):
             raise Rejected("id_already_used_with_different_fields")
         return "exists"
+    if c.id in m.forbidden:
+        raise Rejected("id_already_cancelled")
     f = c.flags
     if f.pending + f.post_pending_transfer + f.void_pending_transfer > 1:
         raise Rejected("flags_are_mutually_exclusive")
@@ -284,6 +289,40 @@ def _resolve(m: RefLedger, c: CreateTransfer, now_us: int) -> str:
     return "created"
 
 
+def cancel(m: RefLedger, c: CancelPendingTransfer, now_us: int) -> str:
+    """The TCC cancel: void the hold if it is still pending, forbid its id if it does not
+    exist yet, do nothing if it already ended by void or expiry."""
+    if c.id.int == 0:
+        raise Rejected("id_must_not_be_zero")
+    if c.pending_id.int == 0:
+        raise Rejected("pending_id_must_be_set")
+    if c.pending_id == c.id:
+        raise Rejected("pending_id_must_be_different")
+    if c.id in m.transfers:
+        t = m.transfers[c.id]
+        if t.kind == "void" and t.pending_id == c.pending_id:
+            return "exists"
+        raise Rejected("id_already_used_with_different_fields")
+    if c.id in m.forbidden:
+        raise Rejected("id_already_cancelled")
+    if c.pending_id in m.forbidden:
+        return "created"
+    p = m.transfers.get(c.pending_id)
+    if p is None:
+        m.forbidden[c.pending_id] = c.id
+        return "created"
+    if p.kind != "pending":
+        raise Rejected("pending_transfer_not_pending")
+    if p.status == "posted":
+        raise Rejected("pending_transfer_already_posted")
+    if p.status != "pending" or (p.expires_at_us is not None and now_us >= p.expires_at_us):
+        return "created"
+    void = CreateTransfer(
+        c.id, pending_id=c.pending_id, flags=TransferFlags(void_pending_transfer=True)
+    )
+    return _resolve(m, void, now_us)
+
+
 def expire(m: RefLedger, c: ExpirePendingTransfers) -> tuple[str, list[UUID]]:
     if c.now_us < 0 or not 1 <= c.limit <= 8190:
         raise Rejected("invalid_field")
@@ -309,6 +348,8 @@ def decide_one(m: RefLedger, c: Command, now_us: int) -> str:
         return create_transfer(m, c, now_us)
     if isinstance(c, ExpirePendingTransfers):
         return expire(m, c)[0]
+    if isinstance(c, CancelPendingTransfer):
+        return cancel(m, c, now_us)
     raise TypeError(f"the reference model does not cover {type(c).__name__}")
 
 
@@ -350,7 +391,7 @@ def decide_batch(m: RefLedger, commands: list[Command], now_us: int) -> list[tup
             continue
         if failed is None and terminated:
             continue
-        m.accounts, m.transfers = saved.accounts, saved.transfers
+        m.accounts, m.transfers, m.forbidden = saved.accounts, saved.transfers, saved.forbidden
         for i in indices:
             if i != failed:
                 results[i] = ("rejected", "linked_event_failed")

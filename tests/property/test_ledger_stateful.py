@@ -34,6 +34,7 @@ from ledger.domain import (
     NIL_ID,
     AccountFlags,
     BookState,
+    CancelPendingTransfer,
     CloseAccount,
     Command,
     CommandRejected,
@@ -197,6 +198,24 @@ class LedgerMachine(RuleBasedStateMachine):
             self.some_transfer_id(data),
         )
 
+    def cancel(self, data: st.DataObject) -> CancelPendingTransfer:
+        """Mostly a hold (pending, posted, voided or expired by now); else an id nobody
+        used yet (the cancel forbids it), another transfer, or the nil id. The cancel's own
+        id is fresh, or sometimes an earlier cancel's or transfer's."""
+        roll = data.draw(st.integers(0, 9))
+        by_status: dict[str, list[UUID]] = defaultdict(list)
+        for hold_id in self.hold_ids:
+            by_status[self.model.transfers[hold_id].status].append(hold_id)
+        if by_status and roll < 6:
+            status = data.draw(st.sampled_from(sorted(by_status)))
+            pending_id = data.draw(st.sampled_from(by_status[status]))
+        elif roll < 8:
+            pending_id = self.fresh_id()
+        else:
+            pending_id = self.some_transfer_id(data)
+        own = self.fresh_id() if data.draw(st.integers(0, 3)) else self.some_transfer_id(data)
+        return CancelPendingTransfer(id=own, pending_id=pending_id)
+
     def close(self, data: st.DataObject) -> CloseAccount:
         if self.noisy(data):
             return CloseAccount(self.some_account(data))
@@ -239,6 +258,9 @@ class LedgerMachine(RuleBasedStateMachine):
             self.transfer_ids.append(event.transfer_id)  # type: ignore[attr-defined]
             if event.type == "TransferCreated" and event.flags.pending:  # type: ignore[attr-defined]
                 self.hold_ids.append(event.transfer_id)  # type: ignore[attr-defined]
+            if event.type == "PendingTransferForbidden":
+                # A late try of the cancelled id is refused: draw it again.
+                self.transfer_ids.append(event.pending_id)  # type: ignore[attr-defined]
 
     def check_against_model(self) -> None:
         assert self.state.accounts.keys() == self.model.accounts.keys()
@@ -254,6 +276,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.state.transfers.keys() == self.model.transfers.keys()
         for transfer_id, transfer in self.state.transfers.items():
             assert transfer.pending_status == self.model.transfers[transfer_id].status
+        assert self.state.forbidden == self.model.forbidden
 
     # --- rules --------------------------------------------------------------------
 
@@ -281,6 +304,33 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def post_or_void(self, data: st.DataObject) -> None:
         self.run([self.resolve(data)])
+
+    @rule(data=st.data())
+    def cancel_a_hold(self, data: st.DataObject) -> None:
+        self.run([self.cancel(data)])
+
+    @rule(data=st.data(), then=st.sampled_from(["nothing", "post", "void", "expire", "cancel"]))
+    def a_hold_then_its_cancel(self, data: st.DataObject, then: str) -> None:
+        """A TCC round in a few steps: a hold (a try), what happened to it since, then the
+        cancel (and sometimes the cancel again, or a late try of the same id)."""
+        hold = self.transfer(data)
+        hold = replace(hold, flags=TransferFlags(pending=True), pending_id=None)
+        self.run([hold])
+        if then in ("post", "void"):
+            post = then == "post"
+            flags = TransferFlags(post_pending_transfer=post, void_pending_transfer=not post)
+            self.run([CreateTransfer(self.fresh_id(), pending_id=hold.id, flags=flags)])
+        elif then == "expire":
+            self.now_us += 61 * S
+            self.run([ExpirePendingTransfers(now_us=self.now_us)])
+        elif then == "cancel":
+            self.run([CancelPendingTransfer(id=self.fresh_id(), pending_id=hold.id)])
+        cancel = CancelPendingTransfer(id=self.fresh_id(), pending_id=hold.id)
+        self.run([cancel])
+        if data.draw(st.booleans()):
+            self.run([cancel])
+        if data.draw(st.booleans()):
+            self.run([hold])
 
     @rule(data=st.data())
     def close_account(self, data: st.DataObject) -> None:
@@ -317,9 +367,16 @@ class LedgerMachine(RuleBasedStateMachine):
         before = self.state.copy()
         (outcome,) = self.run([command])
         assert outcome.events == ()
-        assert outcome.status == (
-            "created" if isinstance(command, ExpirePendingTransfers) else "exists"
-        )
+        if isinstance(command, CancelPendingTransfer):
+            # The void it made exists; a cancel that forbade its hold's id or found the
+            # hold ended keeps no record of its own id, so that id may have been forbidden
+            # since by another cancel (then it is refused, still changing nothing).
+            refused = outcome.code == "id_already_cancelled" and command.id in before.forbidden
+            assert outcome.status in ("created", "exists") or refused, outcome
+        else:
+            assert outcome.status == (
+                "created" if isinstance(command, ExpirePendingTransfers) else "exists"
+            )
         assert self.state == before
 
     @precondition(lambda self: self.accepted)
