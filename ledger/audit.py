@@ -439,13 +439,11 @@ def _transfer_bytes(
 _LENGTH: Final = struct.Struct(">I")
 
 
-def _metadata_bytes(raw: bytes | memoryview | msgspec.Raw | None) -> bytes:
+def _metadata_bytes(raw: bytes | msgspec.Raw) -> bytes:
     """A transfer's metadata as :data:`_TRANSFERS_DIGEST_SQL` hashes it: a 0 for none or
     ``{}``; else a 1 and each pair in the byte order of its key, as the key's UTF-8 length
     and bytes, then the value's (or a 255 for a value that is not a string). Anything but
     an object is a 254. The native pass calls this for every metadata that is not ``{}``."""
-    if raw is None:
-        return b"\0"
     text = bytes(raw)
     if text in (b"", b"{}"):  # b"": no metadata in the event (the decoder's default)
         return b"\0"
