@@ -1213,152 +1213,90 @@ static PyObject *py_apply_records(PyObject *self, PyObject *args) {
     return Py_BuildValue("nLn", offset, position, applied);
 }
 
-/* --- the event store check's rows (ledger/audit.py, _verify_store) --------------------
+/* --- the transfers' state (ledger/audit.py, _transfer_states) -------------------------
  *
- * COPY text lines of `events` (position, event_id, stream_id, stream_version, type,
- * schema_version, recorded_at_us, data, prev_hash hex, hash hex): each row's canonical
- * bytes are put together from its fields as stored (records.CANONICAL_FORM) and hashed
- * with the previous row's hash. A line this code does not take as it is (a position out
- * of order, a broken link, an escaped field, a stream id or type that JSON would escape,
- * a hash that differs) stops the call before it, and the Python code looks at that line:
- * it owns every finding and the slower ways of rebuilding a row. */
+ * The sha256 of every transfer's state in the order of the transfers dict (the order of
+ * their positions): status, then a NUL; amount and amount posted as 64-bit big-endian
+ * numbers; the debit and credit account ids as 16 bytes; kind and ledger, each ended by a
+ * NUL; the resolving position after a 1, or a 0 for none (a transfer that is not a hold
+ * has none). PostgreSQL builds the same bytes from the stored rows. Any value this code
+ * does not take (an id not in the canonical text form, a number that is not an int, a
+ * text that is not a str) makes it return None, and the reference computes the digest. */
 
-static int plain_text(const char *s, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '.' || c == ':' || c == '-')) {
-            return 0;
-        }
+static int text_part(SHA256_CTX *ctx, PyObject *o) {
+    Py_ssize_t n;
+    const char *s = PyUnicode_Check(o) ? PyUnicode_AsUTF8AndSize(o, &n) : NULL;
+    if (s == NULL) {
+        PyErr_Clear();
+        return 0;
     }
+    SHA256_Update(ctx, s, (size_t)n);
+    SHA256_Update(ctx, "", 1);
     return 1;
 }
 
-static const char HEX[] = "0123456789abcdef";
-
-static void to_hex(const uint8_t *in, int n, char *out) {
-    for (int i = 0; i < n; i++) {
-        out[2 * i] = HEX[in[i] >> 4];
-        out[2 * i + 1] = HEX[in[i] & 15];
+static int id_part(uint8_t *out, PyObject *o) {
+    Field f = {0};
+    Py_ssize_t n;
+    if (!PyUnicode_Check(o)) {
+        return 0;
     }
+    f.s = PyUnicode_AsUTF8AndSize(o, &n);
+    if (f.s == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    f.n = n;
+    f.kind = 1;
+    return uuid16(&f, out);
 }
 
-static int from_hex(const char *in, int n, uint8_t *out) {
-    for (int i = 0; i < n; i++) {
-        uint8_t hi = hex_value[(uint8_t)in[2 * i]], lo = hex_value[(uint8_t)in[2 * i + 1]];
-        if ((hi | lo) & 16) {
-            return 0;
-        }
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 1;
-}
-
-#define PUT(lit) (SHA256_Update(&ctx, (lit), sizeof(lit) - 1))
-#define PUTF(i) (SHA256_Update(&ctx, f[i], (size_t)fn[i]))
-
-static PyObject *py_store_rows(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    Py_ssize_t off;
-    long long expected, last;
-    const char *prev_hex;
-    Py_ssize_t prev_n;
-    if (!PyArg_ParseTuple(args, "y*nLy#L:store_rows", &view, &off, &expected, &prev_hex,
-                          &prev_n, &last)) {
+static PyObject *py_transfer_states(PyObject *self, PyObject *transfers) {
+    if (!PyDict_Check(transfers)) {
+        PyErr_SetString(PyExc_TypeError, "transfer_states needs a dict");
         return NULL;
     }
-    char prev[64];
-    uint8_t prev_raw[32];
-    if (prev_n != 64 || !from_hex(prev_hex, 32, prev_raw)) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "prev_hash must be 64 hex digits");
-        return NULL;
-    }
-    memcpy(prev, prev_hex, 64);
-    const char *buf = view.buf;
-    Py_ssize_t size = view.len;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (last - expected + 1 > 0 ? (last - expected + 1) : 0) * 32);
-    if (out == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    uint8_t *digests = (uint8_t *)PyBytes_AS_STRING(out);
-    Py_ssize_t done = 0;
-    Py_BEGIN_ALLOW_THREADS
-    while (off < size && expected <= last) {
-        const char *line = buf + off;
-        const char *nl = memchr(line, '\n', (size_t)(size - off));
-        if (nl == NULL) {
-            break;
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    Py_ssize_t at = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(transfers, &at, &key, &value)) {
+        PyObject **items;
+        Py_ssize_t n;
+        if (PyTuple_CheckExact(value)) {
+            items = &PyTuple_GET_ITEM(value, 0);
+            n = PyTuple_GET_SIZE(value);
+        } else if (PyList_CheckExact(value)) {
+            items = PySequence_Fast_ITEMS(value);
+            n = PyList_GET_SIZE(value);
+        } else {
+            Py_RETURN_NONE;
         }
-        const char *f[10];
-        Py_ssize_t fn[10];
-        const char *p = line;
-        int k = 0;
-        for (; k < 10; k++) {
-            const char *tab = k < 9 ? memchr(p, '\t', (size_t)(nl - p)) : nl;
-            if (tab == NULL) {
-                break;
-            }
-            f[k] = p;
-            fn[k] = tab - p;
-            p = tab + 1;
+        long long amount, posted, resolved = 0;
+        uint8_t fixed[48], *p = fixed;
+        int has_resolved = n > 7 && items[7] != Py_None;
+        if (n < 7 || !int_of(items[1], &amount) || !int_of(items[2], &posted) ||
+            (has_resolved && !int_of(items[7], &resolved)) || !id_part(fixed + 16, items[3]) ||
+            !id_part(fixed + 32, items[4]) || !text_part(&ctx, items[0])) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
         }
-        long long row_position = -1;
-        if (k != 10 || read_int(f[0], f[0] + fn[0], &row_position) != f[0] + fn[0] ||
-            row_position != expected || fn[8] != 64 ||
-            memcmp(f[8], prev, 64) != 0 || fn[9] != 64 || !plain_text(f[2], fn[2]) ||
-            !plain_text(f[4], fn[4]) || memchr(f[7], '\\', (size_t)fn[7]) != NULL ||
-            memchr(f[1], '\\', (size_t)fn[1]) != NULL) {
-            break;
+        p = put_i64(p, amount);
+        put_i64(p, posted);
+        SHA256_Update(&ctx, fixed, sizeof(fixed));
+        if (!text_part(&ctx, items[5]) || !text_part(&ctx, items[6])) {
+            Py_RETURN_NONE;
         }
-        SHA256_CTX ctx;
-        SHA256_Init(&ctx);
-        SHA256_Update(&ctx, prev_raw, 32);
-        PUT("{\"data\":");
-        PUTF(7);
-        PUT(",\"event_id\":\"");
-        PUTF(1);
-        PUT("\",\"position\":");
-        PUTF(0);
-        PUT(",\"prev_hash\":\"");
-        PUTF(8);
-        PUT("\",\"recorded_at_us\":");
-        PUTF(6);
-        PUT(",\"schema_version\":");
-        PUTF(5);
-        PUT(",\"stream_id\":\"");
-        PUTF(2);
-        PUT("\",\"stream_version\":");
-        PUTF(3);
-        PUT(",\"type\":\"");
-        PUTF(4);
-        PUT("\"}");
-        uint8_t digest[32];
-        SHA256_Final(digest, &ctx);
-        char hex[64];
-        to_hex(digest, 32, hex);
-        if (memcmp(hex, f[9], 64) != 0) {
-            break;
+        uint8_t tail[9] = {0};
+        if (has_resolved) {
+            tail[0] = 1;
+            put_i64(tail + 1, resolved);
         }
-        memcpy(digests + done * 32, digest, 32);
-        memcpy(prev, hex, 64);
-        memcpy(prev_raw, digest, 32);
-        done++;
-        expected++;
-        off = nl + 1 - buf;
+        SHA256_Update(&ctx, tail, has_resolved ? 9 : 1);
     }
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
-    if (_PyBytes_Resize(&out, done * 32) < 0) {
-        return NULL;
-    }
-    PyObject *prev_obj = PyBytes_FromStringAndSize(prev, 64);
-    if (prev_obj == NULL) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return Py_BuildValue("nLNN", off, expected, prev_obj, out);
+    unsigned char out[SHA256_DIGEST_LENGTH];
+    SHA256_Final(out, &ctx);
+    return PyBytes_FromStringAndSize((const char *)out, SHA256_DIGEST_LENGTH);
 }
 
 static PyObject *py_forget(PyObject *self, PyObject *unused) {
@@ -1381,9 +1319,9 @@ static PyMethodDef methods[] = {
      "rows, stop_position, parsed=None, first=0) -> (offset, position, applied)"},
     {"parse_records", py_parse_records, METH_VARARGS,
      "parse_records(buf, offset, count) -> bytes: envelopes read without the lock"},
-    {"store_rows", py_store_rows, METH_VARARGS,
-     "store_rows(buf, offset, expected, prev_hash_hex, last) -> (offset, expected, "
-     "prev_hash_hex, digests): events COPY lines checked up to position last"},
+    {"transfer_states", py_transfer_states, METH_O,
+     "transfer_states(transfers) -> bytes | None: the sha256 of the transfers' states, "
+     "or None for a value left to the reference"},
     {"set_metadata_bytes", py_set_metadata_bytes, METH_O,
      "set_metadata_bytes(fn) -> None: fn(raw JSON) gives the hashed bytes of a transfer's "
      "metadata that is not {}"},

@@ -185,6 +185,7 @@ def test_every_pass_ends_in_the_same_state(tmp_path: Path, monkeypatch: pytest.M
                 _comparable(books.accounts),
                 books.transfers,
                 books.rows.digest(),
+                audit._transfer_states(books.transfers),
                 books.forbidden,
                 scan.chunk_hashes,
                 scan.position,
@@ -262,3 +263,43 @@ def test_strings_with_escapes_anywhere_read_alike(
     monkeypatch.setattr(audit._Books, "apply", counted)
     audit.replay_wal(tmp_path, None, "book")
     assert by_python and set(by_python) == {"AccountOpened"}
+
+
+def test_the_transfers_states_hash_alike_natively_and_in_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    debit, credit = "5c47577b-3f12-468e-b2ff-d03d4eac98d6", "8262cdc5-56b2-43e4-ac4c-277b5481e736"
+    transfers: dict[str, Any] = {
+        "a": ("none", 5, 0, debit, credit, "single", "EUR"),
+        "b": ["pending", 7, 0, debit, credit, "pending", "USD", None],
+        "c": ["posted", 7, 6, credit, debit, "pending", "USD", 42],
+        "d": ("none", 6, 0, debit.upper(), credit, "post", "USD"),
+        "e": ["expired", (1 << 63) - 1, 0, debit, credit, "pending", "ÉUR", 1 << 40],
+    }
+    native = BOOKS.transfer_states(transfers)
+    monkeypatch.setattr(audit, "_native_books", None)
+    reference = audit._transfer_states(transfers)
+    assert native is not None and native == reference
+    # Each field is in the digest: any change to any of them changes it.
+    for key in transfers:
+        for i in range(len(transfers[key])):
+            changed = dict(transfers)
+            row = list(transfers[key])
+            value = row[i]
+            if i in (3, 4):
+                row[i] = credit if value.lower() == debit else debit
+            elif isinstance(value, str):
+                row[i] = value + "x"
+            else:
+                row[i] = 9 if value is None else value - 1
+            changed[key] = type(transfers[key])(row)
+            assert audit._transfer_states(changed) != reference, (key, i)
+    # An id the native code does not read (braces) is left to the reference, alike.
+    braced = {**transfers, "f": ("none", 1, 0, "{" + debit + "}", credit, "single", "EUR")}
+    assert BOOKS.transfer_states(braced) is None
+    monkeypatch.setattr(audit, "_native_books", BOOKS)
+    with_native = audit._transfer_states(braced)
+    monkeypatch.setattr(audit, "_native_books", None)
+    assert with_native == audit._transfer_states(braced) != reference
+    # A state that cannot be put in bytes: no digest (the rows are then compared one by one).
+    assert audit._transfer_states({"g": ("none", "5", 0, debit, credit, "single", "EUR")}) is None

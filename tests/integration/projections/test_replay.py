@@ -351,40 +351,118 @@ class _Sink:
         self.items.append(item)
 
 
-def _store_check_both_ways(url: str, monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
-    native, python = _Sink(), _Sink()
-    audit._verify_store(url, BOOK, native)
-    with monkeypatch.context() as patch:
-        patch.setattr(audit, "_native_books", None)
-        audit._verify_store(url, BOOK, python)
-    return [native.items, python.items]
+def _store_check(url: str) -> list[tuple[Any, ...]]:
+    sink = _Sink()
+    audit._verify_store(url, BOOK, sink)
+    return sink.items
 
 
-def test_the_store_check_gives_the_same_chunks_and_findings_with_and_without_native_rows(
+def _stored_hashes(url: str) -> list[bytes]:
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT hash FROM events WHERE book_id = %s ORDER BY position", (BOOK,)
+        ).fetchall()
+    return [bytes(r[0]) for r in rows]
+
+
+def _tamper(url: str, statement: str, *params: Any) -> None:
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        conn.execute("ALTER TABLE events DISABLE TRIGGER events_no_update_delete")
+        conn.execute(statement, (BOOK, *params))
+
+
+def test_the_store_check_sends_the_stored_hashes_chunk_by_chunk(
     audited: tuple[str, Path, SyntheticBook], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, _, book = audited
-    monkeypatch.setattr(audit, "CHUNK_POSITIONS", 97)  # many chunks, ends inside blocks
-    native, python = _store_check_both_ways(url, monkeypatch)
-    assert native == python
-    assert native[-1] == ("done", book.position, None)
-    assert len(native) == book.position // 97 + 2
+    monkeypatch.setattr(audit, "CHUNK_POSITIONS", 97)
+    # Rows PostgreSQL cannot put together as they were hashed (normalised json text) are
+    # checked again in Python, and pass.
+    _tamper(
+        url, "UPDATE events SET data = data::jsonb::json WHERE book_id = %s AND position %% 89 = 5"
+    )
+    items = _store_check(url)
+    hashes = _stored_hashes(url)
+    assert items[-1] == ("done", book.position, None)
+    chunks = [("chunk", i, b"".join(hashes[i * 97 : (i + 1) * 97])) for i in range(len(items) - 1)]
+    assert items[:-1] == chunks
+    assert len(items) == -(-book.position // 97) + 1
+    # Then an edited row, with its hash left alone.
+    _tamper(
+        url,
+        "UPDATE events SET recorded_at_us = recorded_at_us + 1 "
+        "WHERE book_id = %s AND position = 1500",
+    )
+    items = _store_check(url)
+    assert items[-1][0] == "finding"
+    assert "position 1500 (event " in items[-1][1]
+    assert items[-1][2] == "the row's content does not match its hash (edited?)"
+    # Every chunk before the edited row's was sent, none after it.
+    assert [i[1] for i in items[:-1]] == list(range(1499 // 97))
+
+
+@pytest.mark.parametrize(
+    ("deleted", "found_at"),
+    [((700,), 701), ((97 * 7 - 1, 97 * 7), 97 * 7 + 1), (tuple(range(98, 195)), 195)],
+    ids=["inside a chunk", "at a chunk's end", "a whole chunk"],
+)
+def test_a_deleted_events_row_is_found_as_missing(
+    audited: tuple[str, Path, SyntheticBook],
+    monkeypatch: pytest.MonkeyPatch,
+    deleted: tuple[int, ...],
+    found_at: int,
+) -> None:
+    url, wal_dir, _ = audited
+    monkeypatch.setattr(audit, "CHUNK_POSITIONS", 97)
+    _tamper(url, "DELETE FROM events WHERE book_id = %s AND position = ANY(%s)", list(deleted))
+    items = _store_check(url)
+    assert items[-1][0] == "finding"
+    assert f"position {found_at} (event " in items[-1][1]
+    assert items[-1][2] == f"position {deleted[0]} is missing"
+    with pytest.raises(Finding) as found:
+        replay_wal(wal_dir, url, BOOK)
+    assert found.value.what == f"position {deleted[0]} is missing"
+
+
+def test_a_broken_link_is_found_before_the_content(
+    audited: tuple[str, Path, SyntheticBook],
+) -> None:
+    url, wal_dir, _ = audited
+    # A prev_hash changed: the row no longer hashes either; the link is what is named.
+    _tamper(
+        url,
+        "UPDATE events SET prev_hash = sha256(prev_hash) WHERE book_id = %s AND position = 321",
+    )
+    with pytest.raises(Finding) as found:
+        replay_wal(wal_dir, url, BOOK)
+    assert found.value.where.startswith("events row book 'audit' position 321 (event ")
+    assert found.value.what == "prev_hash is not the hash of the row before it"
+
+
+def test_a_row_re_hashed_after_an_edit_is_found_by_the_wal(
+    audited: tuple[str, Path, SyntheticBook],
+) -> None:
+    url, wal_dir, _ = audited
+    # The last row edited and its hash recomputed as the node would: the store's own
+    # chain holds, the WAL's hash at that position differs.
     with psycopg.connect(dsn(url), autocommit=True) as conn:
-        conn.execute("ALTER TABLE events DISABLE TRIGGER events_no_update_delete")
-        # Rows the native code leaves to Python (normalised json text), then an edited one.
-        conn.execute(
-            "UPDATE events SET data = data::jsonb::json WHERE book_id = %s AND position %% 89 = 5",
-            (BOOK,),
-        )
-        conn.execute(
-            "UPDATE events SET recorded_at_us = recorded_at_us + 1 "
-            "WHERE book_id = %s AND position = 1500",
-            (BOOK,),
-        )
-    native, python = _store_check_both_ways(url, monkeypatch)
-    assert native == python
-    assert native[-1][0] == "finding"
-    assert "position 1500" in native[-1][1]
+        row = conn.execute(
+            "SELECT max(position) FROM events WHERE book_id = %s", (BOOK,)
+        ).fetchone()
+    assert row is not None
+    last = int(row[0])
+    _tamper(
+        url,
+        f"UPDATE events SET recorded_at_us = recorded_at_us + 1, hash = sha256(prev_hash || "
+        f"textsend({audit._ROW_TEXT.replace('recorded_at_us, ', '(recorded_at_us + 1), ')})) "
+        "WHERE book_id = %s AND position = %s",
+        last,
+    )
+    assert _store_check(url)[-1] == ("done", last, None)
+    with pytest.raises(Finding) as found:
+        replay_wal(wal_dir, url, BOOK)
+    assert found.value.where == f"events row book 'audit' position {last}"
+    assert found.value.what == "hash differs from the WAL's (a different event at this position)"
 
 
 def test_a_book_of_accounts_without_transfers_gets_a_clean_bill(

@@ -8,7 +8,6 @@ import orjson
 import pytest
 
 from ledger.application.records import record_from_dict
-from ledger.audit import _unescape
 from ledger.relay import decode_message, encode_message
 from projections import PROJECTION_NAMES, UnknownProjection, all_projections, get_projections
 from projections.status import ProjectionStatus, format_status
@@ -82,11 +81,3 @@ def test_status_prints_an_aligned_table() -> None:
         "UPDATED",
     ]
     assert line.split()[:7] == ["projection", "balances", "main", "90", "100", "10", "1.500"]
-
-
-@pytest.mark.parametrize(
-    ("raw", "value"),
-    [(b"plain", b"plain"), (b"a\\\\b", b"a\\b"), (b"x\\ty\\nz", b"x\ty\nz")],
-)
-def test_copy_text_fields_are_unescaped(raw: bytes, value: bytes) -> None:
-    assert _unescape(raw) == value
