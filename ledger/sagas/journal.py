@@ -11,7 +11,10 @@ committer then takes everything queued (up to ``batch_records_max``) as one batc
 fsync and one insert serve every transaction that advanced meanwhile. Two stages, as in
 the ledger node: the WAL stage appends and fsyncs batch N+1 while the store stage inserts
 batch N into PostgreSQL (so at most two batches are in flight, and the WAL is ahead of
-PostgreSQL by at most those). Callers are answered by the store stage, in batch order.
+PostgreSQL by at most those). Each stage is a thread; the WAL stage's thread queues a
+batch's insert on the store stage's thread as soon as it is fsynced, without waiting for
+a turn of the event loop, and after an insert fails the batches queued behind it are
+refused, never inserted. Callers are answered by the store stage, in batch order.
 Records are chained (positions, hashes, stream versions) in the order :meth:`record` was
 called, on the event loop, so versions never go backwards even when many tasks write
 one stream.
@@ -357,6 +360,12 @@ class _Worker:
         self._calls.put((fn, loop, future))
         return future
 
+    def run_into(
+        self, fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]
+    ) -> None:
+        """Queue ``fn`` from any thread; its outcome settles ``future`` on ``loop``."""
+        self._calls.put((fn, loop, future))
+
     def _run(self) -> None:
         while (call := self._calls.get()) is not None:
             fn, loop, future = call
@@ -371,6 +380,11 @@ class _Worker:
 
     def stop(self) -> None:
         self._calls.put(None)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -402,6 +416,7 @@ class _Batch:
     watermark: int | None
     started_s: float
     crash: bool = False
+    stored: asyncio.Future[None] | None = None  # settled by the store stage's thread
 
 
 @dataclass
@@ -442,6 +457,7 @@ class Journal:
         self._store_task: asyncio.Task[None] | None = None
         self._stored: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
         self.failure: BaseException | None = None
+        self._store_broken: BaseException | None = None  # set by the store stage's thread
         self.committed_position = 0
         self._closing = False
 
@@ -544,7 +560,8 @@ class Journal:
                 self._fail(self.failure, batch.entries)
                 continue
             try:
-                await self._store_worker.run(functools.partial(self._insert, batch))
+                assert batch.stored is not None
+                await batch.stored
             except BaseException as exc:
                 self._fail(exc, batch.entries)
                 continue
@@ -615,13 +632,32 @@ class Journal:
         batch = _Batch(entries, records, snapshots, watermark, started_s)
         if self.crash_point is not None:
             batch.crash = self.crash_point.hit(records)
-        await self._wal_worker.run(functools.partial(self.recorder.append, records))
-        if batch.crash and self.crash_point is not None and self.crash_point.after_wal_only:
-            self.crash_point.crash()
+        loop = asyncio.get_running_loop()
+        batch.stored = loop.create_future()
+        # Retrieved even when no one awaits it (the journal failed meanwhile).
+        batch.stored.add_done_callback(_retrieve)
+        await self._wal_worker.run(functools.partial(self._append_then_store, batch, loop))
         return batch
 
+    def _append_then_store(self, batch: _Batch, loop: asyncio.AbstractEventLoop) -> None:
+        """The WAL stage's thread: append and fsync, then queue the insert on the store
+        stage's thread directly (no turn of the event loop between the two stages)."""
+        self.recorder.append(batch.records)
+        if batch.crash and self.crash_point is not None and self.crash_point.after_wal_only:
+            self.crash_point.crash()
+        assert batch.stored is not None
+        self._store_worker.run_into(functools.partial(self._insert, batch), loop, batch.stored)
+
     def _insert(self, batch: _Batch) -> None:
-        self.recorder.insert(batch.records, batch.snapshots, batch.watermark)
+        # Batches are inserted in order or not at all: after one insert failed, the ones
+        # already queued behind it are refused (PostgreSQL must hold a prefix of the WAL).
+        if self._store_broken is not None:
+            raise JournalFailed(f"an earlier batch was not stored: {self._store_broken!r}")
+        try:
+            self.recorder.insert(batch.records, batch.snapshots, batch.watermark)
+        except BaseException as exc:
+            self._store_broken = exc
+            raise
         if batch.crash and self.crash_point is not None:
             self.crash_point.crash()
 
