@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from ledger import domain
-from ledger.adapters.postgres import SnapshotRow
-from ledger.application.cache import BookCache
+from ledger.application.cache import BookCache, Capture
 from ledger.application.errors import NodeStopped, Overloaded
 from ledger.application.ports import EventStore
 from ledger.application.recorder import Recorder, RecoveryReport
@@ -47,6 +46,12 @@ from ledger.application.records import EventItem, EventRecord, chain_new_events
 __all__ = ["LedgerNode", "NodeConfig", "NodeMetrics"]
 
 _log = logging.getLogger(__name__)
+SNAPSHOT_SLICE_ROWS = 512
+"""Snapshot rows built between two pauses of the snapshot stage (about 2 ms of work)."""
+
+
+def _snapshot_pause() -> None:
+    time.sleep(0.0005)
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class _Request:
 @dataclass
 class _Job:
     records: list[EventRecord]
-    snapshots: list[SnapshotRow]
+    snapshots: Capture | None
     watermark: int | None
     requests: list[_Request]
     outcomes: list[Outcomes] = field(default_factory=list)
@@ -141,7 +146,7 @@ class LedgerNode:
         # the default interval), which inside a batch's transaction held up every
         # answer for a second or more. One capture at a time: the next is taken only
         # once the previous one is stored.
-        self._snapshots: queue.Queue[tuple[list[SnapshotRow], int] | None] = queue.Queue()
+        self._snapshots: queue.Queue[tuple[Capture, int] | None] = queue.Queue()
         self._snapshot_busy = False
         # Decided jobs not yet taken by the committer. The decider takes a slot *before*
         # gathering requests, so each batch gathers everything that arrived while the
@@ -378,7 +383,7 @@ class LedgerNode:
             records = self._to_records(flat, now_us)
             self.metrics.load_s += t1 - t0
             self.metrics.decide_s += time.perf_counter() - t1
-        job = _Job(records, [], None, batch)
+        job = _Job(records, None, None, batch)
         i = 0
         for r in batch:
             job.outcomes.append(flat[i : i + len(r.commands)])
@@ -468,20 +473,24 @@ class LedgerNode:
             except BaseException as exc:
                 self._stop_with(exc, job.requests)
                 continue
-            if job.watermark is not None:
+            if job.snapshots is not None and job.watermark is not None:
                 # after the batch at the watermark committed, so the snapshots never
                 # describe a state whose events are not stored
                 self._snapshots.put((job.snapshots, job.watermark))
 
     def _snapshot_stage(self) -> None:
-        """Save each capture with its watermark in one transaction of its own."""
+        """Save each capture with its watermark in one transaction of its own. The rows
+        are built here, a slice at a time with a pause between slices, so that a capture
+        of tens of thousands of records does not hold the interpreter for the event loop
+        and the other stages for a quarter of a second at once."""
         while True:
             item = self._snapshots.get()
             if item is None:
                 return
-            rows, watermark = item
+            capture, watermark = item
             try:
                 if self.failure is None:
+                    rows = capture.rows(every=SNAPSHOT_SLICE_ROWS, pause=_snapshot_pause)
                     self.recorder.insert([], rows, watermark)
             except BaseException as exc:
                 self._stop_with(exc, [])

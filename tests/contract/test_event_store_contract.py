@@ -8,7 +8,12 @@ from collections.abc import Iterator
 import pytest
 
 from ledger.adapters.memory import MemoryDatabase, MemoryEventStore
-from ledger.adapters.postgres import PostgresEventStore, SnapshotRow, _text_array
+from ledger.adapters.postgres import (
+    SNAPSHOT_SLICE_ROWS,
+    PostgresEventStore,
+    SnapshotRow,
+    _text_array,
+)
 from ledger.application.errors import DuplicateEvent, LeaseHeld, LeaseLost
 from ledger.application.ports import EventStore
 from ledger.application.records import (
@@ -162,6 +167,32 @@ class EventStoreContract:
             store.append_batch([], epoch, [SnapshotRow("account-a", 2, {"id": "x"})], 7)
         assert other.load_snapshots(["account-a"]) == {"account-a": {"id": "a"}}
         assert other.watermark() == 6
+
+    def test_a_capture_larger_than_a_slice_is_saved_whole_with_its_watermark(self) -> None:
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        store.append_batch(make_records(3), epoch)
+        n = 2 * SNAPSHOT_SLICE_ROWS + 3  # three slices, the last with the watermark row
+        rows = [SnapshotRow(f"account-{i:05d}", 1, {"id": i, "debits_posted": i}) for i in range(n)]
+        store.append_batch([], epoch, rows, 3)
+        assert store.watermark() == 3
+        ids = [f"account-{i:05d}" for i in range(n)]
+        got = store.load_snapshots(ids)
+        assert len(got) == n
+        assert all(got[f"account-{i:05d}"] == {"id": i, "debits_posted": i} for i in range(n))
+        # a later capture updates rows in the first slice and the last one alike
+        later = [
+            SnapshotRow(f"account-{i:05d}", 2, {"id": i, "debits_posted": -i}) for i in (0, n - 1)
+        ]
+        store.append_batch(make_records(1, first=4), epoch)
+        store.append_batch([], epoch, later, 4)
+        assert store.watermark() == 4
+        again = store.load_snapshots([ids[0], ids[1], ids[-1]])
+        assert again == {
+            ids[0]: {"id": 0, "debits_posted": 0},
+            ids[1]: {"id": 1, "debits_posted": 1},
+            ids[-1]: {"id": n - 1, "debits_posted": -(n - 1)},
+        }
 
     def test_reports_which_event_ids_exist(self) -> None:
         store = self.make_store()

@@ -1,0 +1,76 @@
+"""A snapshot capture keeps the state as of its watermark, however long it waits to be
+turned into rows: the node takes the records' values under the state lock and builds the
+rows later, on the thread that saves them, while the decider goes on changing the records."""
+
+from __future__ import annotations
+
+import uuid
+
+from ledger import domain
+from ledger.adapters.memory import MemoryDatabase, MemoryEventStore
+from ledger.application.cache import BookCache
+
+NOW_US = 1_700_000_000_000_000
+
+
+def decide(cache: BookCache, commands: list[domain.Command], now_us: int) -> None:
+    for outcome in domain.decide_batch(cache.state, commands, now_us):
+        assert outcome.status == "created", outcome.detail
+        for event in outcome.events:
+            cache.mark_dirty(event)
+
+
+def test_rows_are_the_state_at_the_capture_not_when_they_are_built() -> None:
+    cache = BookCache(MemoryEventStore("t", MemoryDatabase()))
+    a, b = (
+        domain.OpenAccount(id=uuid.uuid4(), ledger="USD", code=1, metadata={"k": "v"})
+        for _ in range(2)
+    )
+    hold = domain.CreateTransfer(
+        id=uuid.uuid4(),
+        debit_account_id=a.id,
+        credit_account_id=b.id,
+        amount_minor=40,
+        ledger="USD",
+        code=1,
+        timeout_s=60,
+        flags=domain.TransferFlags(pending=True),
+    )
+    single = domain.CreateTransfer(
+        id=uuid.uuid4(),
+        debit_account_id=a.id,
+        credit_account_id=b.id,
+        amount_minor=5,
+        ledger="USD",
+        code=1,
+    )
+    decide(cache, [a, b, hold, single], NOW_US)
+    expected = {
+        f"account-{a.id}": cache.state.accounts[a.id].to_snapshot(),
+        f"account-{b.id}": cache.state.accounts[b.id].to_snapshot(),
+        f"transfer-{hold.id}": cache.state.transfers[hold.id].to_snapshot(),
+    }  # the single-phase transfer never changes: it has no snapshot row
+
+    capture = cache.capture_snapshots()
+    assert len(capture) == 3
+    assert not cache.dirty_accounts and not cache.dirty_transfers
+    post = domain.CreateTransfer(
+        id=uuid.uuid4(),
+        pending_id=hold.id,
+        amount_minor=30,
+        flags=domain.TransferFlags(post_pending_transfer=True),
+    )
+    decide(cache, [post], NOW_US + 1)  # changes both accounts and the hold in place
+    assert cache.state.transfers[hold.id].to_snapshot() != expected[f"transfer-{hold.id}"]
+    assert cache.state.accounts[b.id].to_snapshot() != expected[f"account-{b.id}"]
+
+    pauses = []
+    rows = capture.rows(every=2, pause=lambda: pauses.append(1))
+    assert {r.stream_id: r.data for r in rows} == expected
+    assert all(r.stream_version == 1 for r in rows)
+    assert len(pauses) == 1  # after the second of three rows
+
+    later = {r.stream_id: r.data for r in cache.capture_snapshots().rows()}
+    assert later[f"transfer-{hold.id}"]["pending_status"] == "posted"
+    assert later[f"transfer-{hold.id}"]["amount_posted_minor"] == 30
+    assert later[f"account-{b.id}"]["credits_posted"] == 5 + 30
