@@ -11,6 +11,7 @@ import gc
 import logging
 from pathlib import Path
 
+from ledger import gcpauses
 from ledger.adapters.postgres import PostgresEventStore
 from ledger.adapters.wal import open_wal
 from ledger.application.node import LedgerNode, NodeConfig
@@ -37,6 +38,7 @@ def tune_gc() -> None:
     """
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
+    gcpauses.install()
 
 
 def node_config(settings: Settings) -> NodeConfig:

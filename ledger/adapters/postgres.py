@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,8 +54,6 @@ __all__ = ["WATERMARK_STREAM", "PostgresEventStore", "SnapshotRow"]
 
 WATERMARK_STREAM = "$watermark"
 READ_CHUNK_ROWS = 5000
-SNAPSHOT_SLICE_ROWS = 4096
-SNAPSHOT_SLICE_PAUSE_S = 0.002
 T = TypeVar("T")
 
 _COLUMNS = (
@@ -369,45 +366,34 @@ class PostgresEventStore:
         watermark: int | None,
     ) -> None:
         """COPY the rows into a temporary table, then one upsert: thousands of dirty
-        accounts cost one round trip each way instead of one per row. A large capture
-        goes in slices of ``SNAPSHOT_SLICE_ROWS`` with a short pause between them (still
-        one transaction), so that its serialising here and its upsert in the server are
-        spread out instead of taking both cores from the batches for a second at once."""
+        accounts cost one round trip each way instead of one per row."""
         position = watermark if watermark is not None else 0
+        lines = [
+            b"%s\t%d\t%s\n"
+            % (
+                _copy_text(s.stream_id).encode(),
+                s.stream_version,
+                orjson.dumps(s.data).replace(b"\\", b"\\\\"),
+            )
+            for s in snapshots
+        ]
+        if watermark is not None:
+            lines.append(b"%s\t%d\t{}\n" % (WATERMARK_STREAM.encode(), watermark))
         with conn.cursor() as cur:
             cur.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS snapshot_rows "
                 "(stream_id text, stream_version bigint, data jsonb) ON COMMIT DELETE ROWS"
             )
-            last = max(len(snapshots), 1)
-            for start in range(0, last, SNAPSHOT_SLICE_ROWS):
-                if start:
-                    time.sleep(SNAPSHOT_SLICE_PAUSE_S)
-                lines = [
-                    b"%s\t%d\t%s\n"
-                    % (
-                        _copy_text(s.stream_id).encode(),
-                        s.stream_version,
-                        orjson.dumps(s.data).replace(b"\\", b"\\\\"),
-                    )
-                    for s in snapshots[start : start + SNAPSHOT_SLICE_ROWS]
-                ]
-                if watermark is not None and start + SNAPSHOT_SLICE_ROWS >= last:
-                    lines.append(b"%s\t%d\t{}\n" % (WATERMARK_STREAM.encode(), watermark))
-                if start:
-                    cur.execute("TRUNCATE snapshot_rows")
-                with cur.copy(
-                    "COPY snapshot_rows (stream_id, stream_version, data) FROM STDIN"
-                ) as cp:
-                    cp.write(b"".join(lines))
-                cur.execute(
-                    "INSERT INTO snapshots (book_id, stream_id, stream_version, position, data) "
-                    "SELECT %s, stream_id, stream_version, %s, data FROM snapshot_rows "
-                    "ON CONFLICT (book_id, stream_id) DO UPDATE SET "
-                    "stream_version = EXCLUDED.stream_version, position = EXCLUDED.position, "
-                    "data = EXCLUDED.data, taken_at = now()",
-                    (self._book_id, position),
-                )
+            with cur.copy("COPY snapshot_rows (stream_id, stream_version, data) FROM STDIN") as cp:
+                cp.write(b"".join(lines))
+            cur.execute(
+                "INSERT INTO snapshots (book_id, stream_id, stream_version, position, data) "
+                "SELECT %s, stream_id, stream_version, %s, data FROM snapshot_rows "
+                "ON CONFLICT (book_id, stream_id) DO UPDATE SET "
+                "stream_version = EXCLUDED.stream_version, position = EXCLUDED.position, "
+                "data = EXCLUDED.data, taken_at = now()",
+                (self._book_id, position),
+            )
 
     # -- reads -------------------------------------------------------------------------
 

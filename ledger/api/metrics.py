@@ -9,6 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ledger.gcpauses import GcPauseCollector
+
 __all__ = ["ApiMetrics"]
 
 _STATUS_AND_CODE = attrgetter("status", "code")
@@ -25,6 +27,7 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(GcPauseCollector())
         self.requests = Counter(
             "ledger_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
         )

@@ -267,10 +267,17 @@ class BookCache:
     def mark_dirty(self, event: domain.Event) -> None:
         """Remember what the event changed, for the next snapshot. Transfers that are
         not holds never change after creation and are never snapshotted, so a plain
-        ``TransferCreated`` (the hot path) only marks its two accounts."""
+        ``TransferCreated`` (the hot path) only marks its two accounts, and a post or
+        void marks its accounts and the hold it resolves."""
         if type(event) is domain.TransferCreated and not event.flags.pending:
             self.dirty_accounts.add(event.debit_account_id)
             self.dirty_accounts.add(event.credit_account_id)
+            return
+        if isinstance(event, domain.PendingTransferPosted | domain.PendingTransferVoided):
+            # the post or void itself is a transfer that never changes: only the hold
+            self.dirty_accounts.add(event.debit_account_id)
+            self.dirty_accounts.add(event.credit_account_id)
+            self.dirty_transfers.add(event.pending_id)
             return
         accounts, transfers = event_references(event)
         self.dirty_accounts.update(accounts)

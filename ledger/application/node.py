@@ -490,8 +490,17 @@ class LedgerNode:
             capture, watermark = item
             try:
                 if self.failure is None:
+                    began = time.monotonic()
                     rows = capture.rows(every=SNAPSHOT_SLICE_ROWS, pause=_snapshot_pause)
+                    built = time.monotonic()
                     self.recorder.insert([], rows, watermark)
+                    _log.info(
+                        "snapshot at position %d: %d rows built in %.2f s, saved in %.2f s",
+                        watermark,
+                        len(rows),
+                        built - began,
+                        time.monotonic() - built,
+                    )
             except BaseException as exc:
                 self._stop_with(exc, [])
             finally:

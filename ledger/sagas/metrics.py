@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ledger.gcpauses import GcPauseCollector
+
 __all__ = ["CoordinatorMetrics"]
 
 _LATENCY_BUCKETS_S = (
@@ -17,6 +19,7 @@ class CoordinatorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(GcPauseCollector())
         self.transactions = Gauge(
             "coordinator_transactions",
             "Unfinished transactions by kind and status",
