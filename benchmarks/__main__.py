@@ -9,6 +9,7 @@ MODULES = [
     "benchmarks.bench_domain",
     "benchmarks.bench_wal",
     "benchmarks.bench_node",
+    "benchmarks.bench_snapshot",
     "benchmarks.bench_api",
     "benchmarks.bench_projections",
     "benchmarks.bench_tcc",
