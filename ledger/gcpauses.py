@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["BUCKETS_S", "GcPauseCollector", "GcPauses", "install", "pauses"]
+__all__ = ["BUCKETS_S", "GcPauseCollector", "GcPauses", "install"]
 
 BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -28,7 +28,9 @@ class GcPauses:
     """Counts per bucket, sum and count of the pauses of each generation."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: copying the figures allocates, and a collection that starts then
+        # calls back into this object on the same thread.
+        self._lock = threading.RLock()
         self._started = 0.0
         self.counts = [[0] * (len(BUCKETS_S) + 1) for _ in range(3)]
         self.sums = [0.0, 0.0, 0.0]
@@ -63,11 +65,6 @@ def install() -> GcPauses:
             _pauses = GcPauses()
             gc.callbacks.append(_pauses)
         return _pauses
-
-
-def pauses() -> GcPauses | None:
-    """The process's figures, if :func:`install` was called."""
-    return _pauses
 
 
 class GcPauseCollector(Collector):

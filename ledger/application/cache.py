@@ -334,18 +334,15 @@ class Capture:
         out: list[SnapshotRow] = []
         append = out.append
         n = 0
-        for values in self._accounts:
-            account = domain.Account(*values)
-            append(SnapshotRow(f"account-{account.id}", 1, account.to_snapshot()))
-            n += 1
-            if n == every:
-                pause()
-                n = 0
-        for values in self._transfers:
-            transfer = domain.Transfer(*values)
-            append(SnapshotRow(f"transfer-{transfer.id}", 1, transfer.to_snapshot()))
-            n += 1
-            if n == every:
-                pause()
-                n = 0
+        for kind, prefix, records in (
+            (domain.Account, "account", self._accounts),
+            (domain.Transfer, "transfer", self._transfers),
+        ):
+            for values in records:
+                record = kind(*values)
+                append(SnapshotRow(f"{prefix}-{record.id}", 1, record.to_snapshot()))
+                n += 1
+                if n == every:
+                    pause()
+                    n = 0
         return out

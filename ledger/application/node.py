@@ -47,7 +47,7 @@ __all__ = ["LedgerNode", "NodeConfig", "NodeMetrics"]
 
 _log = logging.getLogger(__name__)
 SNAPSHOT_SLICE_ROWS = 512
-"""Snapshot rows built between two pauses of the snapshot stage (about 2 ms of work)."""
+"""Snapshot rows built between two pauses of the snapshot stage (a few ms of work)."""
 
 
 def _snapshot_pause() -> None:

@@ -5,6 +5,7 @@ rows later, on the thread that saves them, while the decider goes on changing th
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from ledger import domain
 from ledger.adapters.memory import MemoryDatabase, MemoryEventStore
@@ -26,24 +27,20 @@ def test_rows_are_the_state_at_the_capture_not_when_they_are_built() -> None:
         domain.OpenAccount(id=uuid.uuid4(), ledger="USD", code=1, metadata={"k": "v"})
         for _ in range(2)
     )
-    hold = domain.CreateTransfer(
-        id=uuid.uuid4(),
-        debit_account_id=a.id,
-        credit_account_id=b.id,
-        amount_minor=40,
-        ledger="USD",
-        code=1,
-        timeout_s=60,
-        flags=domain.TransferFlags(pending=True),
-    )
-    single = domain.CreateTransfer(
-        id=uuid.uuid4(),
-        debit_account_id=a.id,
-        credit_account_id=b.id,
-        amount_minor=5,
-        ledger="USD",
-        code=1,
-    )
+
+    def usd(amount: int, **kw: Any) -> domain.CreateTransfer:
+        return domain.CreateTransfer(
+            id=uuid.uuid4(),
+            debit_account_id=a.id,
+            credit_account_id=b.id,
+            amount_minor=amount,
+            ledger="USD",
+            code=1,
+            **kw,
+        )
+
+    hold = usd(40, timeout_s=60, flags=domain.TransferFlags(pending=True))
+    single = usd(5)
     decide(cache, [a, b, hold, single], NOW_US)
     expected = {
         f"account-{a.id}": cache.state.accounts[a.id].to_snapshot(),
