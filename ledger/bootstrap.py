@@ -47,6 +47,7 @@ def node_config(settings: Settings) -> NodeConfig:
         batch_wait_ms=settings.batch_wait_ms,
         queue_size_max=settings.queue_size_max,
         snapshot_every_events=settings.snapshot_every_events,
+        snapshot_pace=settings.snapshot_pace,
         pending_expiry_interval_ms=settings.pending_expiry_interval_ms,
         load_retry_max_ms=settings.postgres_retry_max_ms,
     )

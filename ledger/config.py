@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     queue_size_max: int = Field(default=65_536, ge=1, le=10_000_000)
     snapshot_every_events: int = Field(default=100_000, ge=1)
+    snapshot_pace: float = Field(default=4.0, ge=0, le=100)
     pending_expiry_interval_ms: int = Field(default=1000, ge=10)
     postgres_retry_max_ms: int = Field(default=2000, ge=10)
     http_host: str = Field(default="127.0.0.1")

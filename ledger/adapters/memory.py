@@ -137,7 +137,10 @@ class MemoryEventStore:
         epoch: int,
         snapshots: _Sequence[_Any] = (),
         watermark: int | None = None,
+        *,
+        pace: _Any = None,
     ) -> None:
+        """As the port says; ``pace`` is not called (the write takes no time here)."""
         from ledger.application.errors import EventStoreUnavailable
 
         if self.fail_next > 0:

@@ -53,6 +53,8 @@ except ImportError:  # pragma: no cover - the package build compiles it (setup.p
 __all__ = ["WATERMARK_STREAM", "PostgresEventStore", "SnapshotRow"]
 
 WATERMARK_STREAM = "$watermark"
+SNAPSHOT_SLICE_ROWS = 1024
+"""Snapshot rows per COPY and upsert when a large snapshot is spread out (``pace``)."""
 READ_CHUNK_ROWS = 5000
 T = TypeVar("T")
 
@@ -315,10 +317,14 @@ class PostgresEventStore:
         epoch: int,
         snapshots: Sequence[SnapshotLike] = (),
         watermark: int | None = None,
+        *,
+        pace: Callable[[], None] | None = None,
     ) -> None:
         """Insert ``records`` (and snapshots up to ``watermark``) in one transaction.
         Without records (snapshots and watermark alone) it runs on a connection of its
-        own, so a large snapshot never holds up the batches written meanwhile."""
+        own, so a large snapshot never holds up the batches written meanwhile. With
+        ``pace``, the snapshots go in slices of ``SNAPSHOT_SLICE_ROWS``, still in the one
+        transaction, and ``pace`` is called after each (to spread a large one out)."""
         if not records and not snapshots and watermark is None:
             return
 
@@ -328,7 +334,7 @@ class PostgresEventStore:
                 if records:
                     self._copy_records(conn, records)
                 if snapshots or watermark is not None:
-                    self._upsert_snapshots(conn, snapshots, watermark)
+                    self._upsert_snapshots(conn, snapshots, watermark, pace)
 
         try:
             self._with_conn("write" if records else "snapshot", run)
@@ -364,36 +370,47 @@ class PostgresEventStore:
         conn: psycopg.Connection[Any],
         snapshots: Sequence[SnapshotLike],
         watermark: int | None,
+        pace: Callable[[], None] | None = None,
     ) -> None:
         """COPY the rows into a temporary table, then one upsert: thousands of dirty
-        accounts cost one round trip each way instead of one per row."""
+        accounts cost one round trip each way instead of one per row. With ``pace``: one
+        COPY and upsert per slice of rows, ``pace`` called after each."""
         position = watermark if watermark is not None else 0
-        lines = [
-            b"%s\t%d\t%s\n"
-            % (
-                _copy_text(s.stream_id).encode(),
-                s.stream_version,
-                orjson.dumps(s.data).replace(b"\\", b"\\\\"),
-            )
-            for s in snapshots
-        ]
-        if watermark is not None:
-            lines.append(b"%s\t%d\t{}\n" % (WATERMARK_STREAM.encode(), watermark))
+        step = SNAPSHOT_SLICE_ROWS if pace is not None else max(1, len(snapshots))
         with conn.cursor() as cur:
             cur.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS snapshot_rows "
                 "(stream_id text, stream_version bigint, data jsonb) ON COMMIT DELETE ROWS"
             )
-            with cur.copy("COPY snapshot_rows (stream_id, stream_version, data) FROM STDIN") as cp:
-                cp.write(b"".join(lines))
-            cur.execute(
-                "INSERT INTO snapshots (book_id, stream_id, stream_version, position, data) "
-                "SELECT %s, stream_id, stream_version, %s, data FROM snapshot_rows "
-                "ON CONFLICT (book_id, stream_id) DO UPDATE SET "
-                "stream_version = EXCLUDED.stream_version, position = EXCLUDED.position, "
-                "data = EXCLUDED.data, taken_at = now()",
-                (self._book_id, position),
-            )
+            for start in range(0, max(1, len(snapshots)), step):
+                lines = [
+                    b"%s\t%d\t%s\n"
+                    % (
+                        _copy_text(s.stream_id).encode(),
+                        s.stream_version,
+                        orjson.dumps(s.data).replace(b"\\", b"\\\\"),
+                    )
+                    for s in snapshots[start : start + step]
+                ]
+                last = start + step >= len(snapshots)
+                if last and watermark is not None:
+                    lines.append(b"%s\t%d\t{}\n" % (WATERMARK_STREAM.encode(), watermark))
+                if start:
+                    cur.execute("TRUNCATE snapshot_rows")
+                with cur.copy(
+                    "COPY snapshot_rows (stream_id, stream_version, data) FROM STDIN"
+                ) as cp:
+                    cp.write(b"".join(lines))
+                cur.execute(
+                    "INSERT INTO snapshots (book_id, stream_id, stream_version, position, data) "
+                    "SELECT %s, stream_id, stream_version, %s, data FROM snapshot_rows "
+                    "ON CONFLICT (book_id, stream_id) DO UPDATE SET "
+                    "stream_version = EXCLUDED.stream_version, position = EXCLUDED.position, "
+                    "data = EXCLUDED.data, taken_at = now()",
+                    (self._book_id, position),
+                )
+                if pace is not None and not last:
+                    pace()
 
     # -- reads -------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import operator
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import fields
 from typing import Any, Final
 from uuid import UUID
@@ -287,7 +287,10 @@ class BookCache:
         """Every record changed since the last capture (holds only for transfers: other
         transfers never change and reload from their event), as its field values now.
         Taking the values is all that happens here, under the state lock: turning them
-        into snapshot rows (:meth:`Capture.rows`) is left to the thread that saves them."""
+        into snapshot rows (:meth:`Capture.rows`) is left to the thread that saves them.
+        A hold that is no longer pending (posted, voided, expired) never changes again, so
+        it is kept by reference, not copied: in a node that posts what it holds, as a TCC
+        participant does, those are nearly all of a capture's rows."""
         accounts = self.state.accounts
         transfers = self.state.transfers
         account_values = []
@@ -296,13 +299,19 @@ class BookCache:
             if account is not None:
                 account_values.append(_ACCOUNT_VALUES(account))
         transfer_values = []
+        resolved = []
+        pending = domain.PendingStatus.pending
         for transfer_id in self.dirty_transfers:
             transfer = transfers.get(transfer_id)
-            if transfer is not None and transfer.flags.pending:
+            if transfer is None or not transfer.flags.pending:
+                continue
+            if transfer.pending_status is pending:
                 transfer_values.append(_TRANSFER_VALUES(transfer))
+            else:
+                resolved.append(transfer)
         self.dirty_accounts.clear()
         self.dirty_transfers.clear()
-        return Capture(account_values, transfer_values)
+        return Capture(account_values, transfer_values, resolved)
 
 
 _ACCOUNT_VALUES: Final = operator.attrgetter(*(f.name for f in fields(domain.Account)))
@@ -317,14 +326,21 @@ class Capture:
     """A snapshot capture: the field values of the records that changed since the last one,
     as of the capture's watermark."""
 
-    __slots__ = ("_accounts", "_transfers")
+    __slots__ = ("_accounts", "_resolved", "_transfers")
 
-    def __init__(self, accounts: list[tuple[Any, ...]], transfers: list[tuple[Any, ...]]) -> None:
+    def __init__(
+        self,
+        accounts: list[tuple[Any, ...]],
+        transfers: list[tuple[Any, ...]],
+        resolved: Sequence[domain.Transfer] = (),
+    ) -> None:
         self._accounts = accounts
         self._transfers = transfers
+        self._resolved = resolved
+        """Holds that were no longer pending at the capture: final, so taken as they are."""
 
     def __len__(self) -> int:
-        return len(self._accounts) + len(self._transfers)
+        return len(self._accounts) + len(self._transfers) + len(self._resolved)
 
     def rows(
         self, *, every: int = 0, pause: Callable[[], None] = lambda: None
@@ -334,15 +350,18 @@ class Capture:
         out: list[SnapshotRow] = []
         append = out.append
         n = 0
-        for kind, prefix, records in (
-            (domain.Account, "account", self._accounts),
-            (domain.Transfer, "transfer", self._transfers),
-        ):
-            for values in records:
-                record = kind(*values)
-                append(SnapshotRow(f"{prefix}-{record.id}", 1, record.to_snapshot()))
-                n += 1
-                if n == every:
-                    pause()
-                    n = 0
+        for prefix, record in self._records():
+            append(SnapshotRow(f"{prefix}-{record.id}", 1, record.to_snapshot()))
+            n += 1
+            if n == every:
+                pause()
+                n = 0
         return out
+
+    def _records(self) -> Iterator[tuple[str, domain.Account | domain.Transfer]]:
+        for values in self._accounts:
+            yield "account", domain.Account(*values)
+        for values in self._transfers:
+            yield "transfer", domain.Transfer(*values)
+        for transfer in self._resolved:
+            yield "transfer", transfer

@@ -8,7 +8,7 @@ the event loop keeps deciding the next batch while one is being made durable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -76,12 +76,16 @@ class EventStore(Protocol):
         epoch: int,
         snapshots: Sequence[SnapshotLike] = (),
         watermark: int | None = None,
+        *,
+        pace: Callable[[], None] | None = None,
     ) -> None:
         """Insert the records (and snapshots at ``watermark``) in one transaction.
 
         With no records, the snapshots and the watermark alone (the node saves each
         capture so, beside the batches, after the batch at ``watermark`` committed); such
-        a call may run while another thread writes a batch.
+        a call may run while another thread writes a batch. ``pace``, if given, is called
+        between parts of a large snapshot write (still one transaction), so the caller can
+        spread the work out; a store may call it any number of times, or never.
 
         Checks ``epoch`` is current in the same transaction. Raises ``LeaseLost`` if another
         writer took the lease, ``EventStoreUnavailable`` when the database cannot be reached

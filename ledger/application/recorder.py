@@ -216,12 +216,15 @@ class Recorder:
         records: Sequence[EventRecord],
         snapshots: Sequence[SnapshotLike] = (),
         watermark: int | None = None,
+        *,
+        pace: Callable[[], None] | None = None,
     ) -> None:
         """Step 2 alone (after :meth:`append` of the same batch): PostgreSQL, retried.
-        With no records: the snapshots and the watermark alone."""
+        With no records: the snapshots and the watermark alone (``pace``: see
+        :meth:`EventStore.append_batch`)."""
         if records or snapshots or watermark is not None:
             t1 = time.perf_counter()
-            self._insert_with_retry(records, snapshots, watermark)
+            self._insert_with_retry(records, snapshots, watermark, pace)
             if self.observe_store_s:
                 self.observe_store_s(time.perf_counter() - t1)
 
@@ -230,12 +233,13 @@ class Recorder:
         records: Sequence[EventRecord],
         snapshots: Sequence[SnapshotLike],
         watermark: int | None,
+        pace: Callable[[], None] | None = None,
     ) -> None:
         attempt = 0
         delay_ms = 10.0
         while True:
             try:
-                self.store.append_batch(records, self.epoch, snapshots, watermark)
+                self.store.append_batch(records, self.epoch, snapshots, watermark, pace=pace)
                 return
             except EventStoreUnavailable as exc:
                 attempt += 1

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from ledger.adapters.memory import MemoryDatabase, MemoryEventStore
-from ledger.adapters.postgres import PostgresEventStore, SnapshotRow, _text_array
+from ledger.adapters.postgres import (
+    SNAPSHOT_SLICE_ROWS,
+    PostgresEventStore,
+    SnapshotRow,
+    _text_array,
+)
 from ledger.application.errors import DuplicateEvent, LeaseHeld, LeaseLost
 from ledger.application.ports import EventStore
 from ledger.application.records import (
@@ -163,13 +169,18 @@ class EventStoreContract:
         assert other.load_snapshots(["account-a"]) == {"account-a": {"id": "a"}}
         assert other.watermark() == 6
 
-    def test_a_large_capture_is_saved_whole_with_its_watermark(self) -> None:
+    @pytest.mark.parametrize("paced", [False, True], ids=["at-once", "paced"])
+    def test_a_large_capture_is_saved_whole_with_its_watermark(self, paced: bool) -> None:
         store = self.make_store()
         epoch = store.acquire_lease("a")
         store.append_batch(make_records(3), epoch)
         n = 10_003
         rows = [SnapshotRow(f"account-{i:05d}", 1, {"id": i, "debits_posted": i}) for i in range(n)]
-        store.append_batch([], epoch, rows, 3)
+        pauses: list[int] = []
+        pace = (lambda: pauses.append(store.watermark())) if paced else None
+        store.append_batch([], epoch, rows, 3, pace=pace)
+        # while it was spread out, the old watermark stood: the rows move it only whole
+        assert all(w == 0 for w in pauses)
         assert store.watermark() == 3
         ids = [f"account-{i:05d}" for i in range(n)]
         got = store.load_snapshots(ids)
@@ -283,6 +294,35 @@ class TestPostgresEventStore(EscapingContract):
         other = PostgresEventStore(self.url, store.book_id + "-other")
         self.opened.append(other)
         return other
+
+    def test_a_paced_capture_is_one_transaction(self) -> None:
+        """Spread over slices, a capture is still all or nothing: a failure after some
+        slices went in leaves neither their rows nor the new watermark, and a reader on
+        another connection sees none of them meanwhile."""
+        store = self.make_store()
+        epoch = store.acquire_lease("a")
+        store.append_batch(make_records(2), epoch)
+        store.append_batch([], epoch, [SnapshotRow("account-00000", 1, {"v": "old"})], 1)
+        n = 3 * SNAPSHOT_SLICE_ROWS + 5
+        rows = [SnapshotRow(f"account-{i:05d}", 2, {"v": i}) for i in range(n)]
+        seen: list[tuple[int, dict[str, Any]]] = []
+        reader = self.make_peer(store)
+
+        def pace() -> None:
+            seen.append((reader.watermark(), reader.load_snapshots(["account-00000"])))
+            if len(seen) == 2:
+                raise RuntimeError("stopped between two slices")
+
+        with pytest.raises(RuntimeError, match="between two slices"):
+            store.append_batch([], epoch, rows, 2, pace=pace)
+        assert seen == [(1, {"account-00000": {"v": "old"}})] * 2
+        assert store.watermark() == 1
+        assert store.load_snapshots([r.stream_id for r in rows]) == {"account-00000": {"v": "old"}}
+        calls: list[None] = []
+        store.append_batch([], epoch, rows, 2, pace=lambda: calls.append(None))
+        assert len(calls) == 3  # between the four slices, not after the last
+        assert store.watermark() == 2
+        assert len(store.load_snapshots([r.stream_id for r in rows])) == n
 
 
 def test_memory_database_is_shared_between_peers() -> None:

@@ -35,6 +35,8 @@ class GatedStore(MemoryEventStore):
         epoch: int,
         snapshots: Sequence[Any] = (),
         watermark: int | None = None,
+        *,
+        pace: Any = None,
     ) -> None:
         first = not self.inserts
         self.inserts.append([r.position for r in records])

@@ -71,3 +71,52 @@ def test_rows_are_the_state_at_the_capture_not_when_they_are_built() -> None:
     assert later[f"transfer-{hold.id}"]["pending_status"] == "posted"
     assert later[f"transfer-{hold.id}"]["amount_posted_minor"] == 30
     assert later[f"account-{b.id}"]["credits_posted"] == 5 + 30
+
+
+def test_a_resolved_hold_is_taken_as_it_is_and_a_pending_one_by_value() -> None:
+    """A hold that is posted, voided or expired never changes again: the capture keeps the
+    record itself (no copy under the lock); a hold still pending is copied, since a later
+    post changes it in place."""
+    cache = BookCache(MemoryEventStore("t", MemoryDatabase()))
+    a, b = (domain.OpenAccount(id=uuid.uuid4(), ledger="USD", code=1) for _ in range(2))
+
+    def hold(amount: int) -> domain.CreateTransfer:
+        return domain.CreateTransfer(
+            id=uuid.uuid4(),
+            debit_account_id=a.id,
+            credit_account_id=b.id,
+            amount_minor=amount,
+            ledger="USD",
+            code=1,
+            timeout_s=60,
+            flags=domain.TransferFlags(pending=True),
+        )
+
+    def resolve(pending: domain.CreateTransfer, flag: str) -> domain.CreateTransfer:
+        return domain.CreateTransfer(
+            id=uuid.uuid4(), pending_id=pending.id, flags=domain.TransferFlags(**{flag: True})
+        )
+
+    posted, voided, still = hold(10), hold(20), hold(30)
+    decide(cache, [a, b, posted, voided, still], NOW_US)
+    decide(
+        cache,
+        [resolve(posted, "post_pending_transfer"), resolve(voided, "void_pending_transfer")],
+        NOW_US + 1,
+    )
+    transfers = cache.state.transfers
+    expected = {f"transfer-{h.id}": transfers[h.id].to_snapshot() for h in (posted, voided)}
+    expected[f"transfer-{still.id}"] = transfers[still.id].to_snapshot()
+
+    capture = cache.capture_snapshots()
+    assert len(capture) == 5  # two accounts, three holds
+    kept = capture._resolved
+    assert sorted(t.id for t in kept) == sorted([posted.id, voided.id])
+    assert all(t is transfers[t.id] for t in kept)  # by reference
+
+    decide(cache, [resolve(still, "post_pending_transfer")], NOW_US + 2)
+    rows = {r.stream_id: r.data for r in capture.rows() if r.stream_id.startswith("transfer-")}
+    assert rows == expected
+    assert rows[f"transfer-{still.id}"]["pending_status"] == "pending"
+    assert rows[f"transfer-{posted.id}"]["pending_status"] == "posted"
+    assert rows[f"transfer-{voided.id}"]["pending_status"] == "voided"

@@ -368,6 +368,8 @@ class _SlowSnapshots(MemoryEventStore):
         epoch: int,
         snapshots: Sequence[Any] = (),
         watermark: int | None = None,
+        *,
+        pace: Any = None,
     ) -> None:
         if not records:
             assert self.gate.wait(10), "never released"
