@@ -48,7 +48,7 @@ __all__ = ["LedgerNode", "NodeConfig", "NodeMetrics"]
 _log = logging.getLogger(__name__)
 SNAPSHOT_SLICE_ROWS = 512
 """Snapshot rows built between two pauses of the snapshot stage (a few ms of work)."""
-SNAPSHOT_PAUSE_MAX_S = 0.05
+SNAPSHOT_PAUSE_MAX_S = 0.1
 """The longest pause between two parts of a snapshot, however long the part took."""
 
 
