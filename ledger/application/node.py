@@ -57,7 +57,7 @@ class _Pacer:
     long as the work since the previous call took (at most ``SNAPSHOT_PAUSE_MAX_S``), so
     the work has about 1 / (1 + idle) of the time, and the interpreter and the cores are
     left to the batches the rest of it. ``idle`` 0, or once ``hurry()`` is true (the
-    node is closing): a bare yield of the interpreter."""
+    node is closing, or the next snapshot is due): a bare yield of the interpreter."""
 
     def __init__(self, idle: float, hurry: Callable[[], bool] = lambda: False) -> None:
         self.idle = idle
@@ -518,7 +518,7 @@ class LedgerNode:
             try:
                 if self.failure is None:
                     began = time.monotonic()
-                    pacer = _Pacer(self.config.snapshot_pace, lambda: self._closing)
+                    pacer = _Pacer(self.config.snapshot_pace, self._snapshot_overdue)
                     rows = capture.rows(every=SNAPSHOT_SLICE_ROWS, pause=pacer)
                     built = time.monotonic()
                     self.recorder.insert([], rows, watermark, pace=pacer)
@@ -535,6 +535,14 @@ class LedgerNode:
                 self._stop_with(exc, [])
             finally:
                 self._snapshot_busy = False
+
+    def _snapshot_overdue(self) -> bool:
+        """No more pauses in the snapshot being saved: the node is closing, or the next
+        capture is already due (so snapshots never fall more than one interval behind,
+        however fast records change)."""
+        return self._closing or (
+            self.position - self._flushed_position >= self.config.snapshot_every_events
+        )
 
     def _answer(self, job: _Job) -> None:
         by_loop: dict[

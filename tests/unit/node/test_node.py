@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from ledger import domain
 from ledger.adapters.memory import MemoryDatabase, MemoryEventStore
 from ledger.adapters.wal import open_wal
+from ledger.application import node as node_module
 from ledger.application.errors import LeaseHeld, Overloaded
 from ledger.application.node import LedgerNode, NodeConfig
 from ledger.application.recorder import Recorder
@@ -404,5 +406,65 @@ def test_a_slow_snapshot_holds_up_no_batch(tmp_path: Path) -> None:
         credited = await again.read_account(accounts[1].id)
         assert credited is not None and credited.credits_posted == sum(range(1, 21))
         await again.close()
+
+    asyncio.run(scenario())
+
+
+class _PacedSnapshots(MemoryEventStore):
+    """A store whose snapshot-only writes wait for ``gate``, then take 10 ms and call
+    ``pace`` once, noting how long it paused."""
+
+    def __init__(self, book: str, db: MemoryDatabase) -> None:
+        super().__init__(book, db)
+        self.gate = threading.Event()
+        self.pauses: list[float] = []
+
+    def append_batch(
+        self,
+        records: Sequence[Any],
+        epoch: int,
+        snapshots: Sequence[Any] = (),
+        watermark: int | None = None,
+        *,
+        pace: Any = None,
+    ) -> None:
+        if not records and pace is not None:
+            assert self.gate.wait(10), "never released"
+            time.sleep(0.01)
+            before = pace.slept_s
+            pace()
+            self.pauses.append(pace.slept_s - before)
+        super().append_batch(records, epoch, snapshots, watermark)
+
+
+def test_a_snapshot_pauses_unless_the_next_one_is_due(tmp_path: Path) -> None:
+    """The snapshot stage spreads a write out with pauses, but not once the next capture
+    is already due: snapshots then never fall more than one interval behind."""
+    db = MemoryDatabase()
+    wal, _ = open_wal(tmp_path / "wal", 64 * 1024)
+    store = _PacedSnapshots(BOOK, db)
+    config = NodeConfig(snapshot_every_events=2, snapshot_pace=100.0)
+
+    async def scenario() -> None:
+        node = await LedgerNode.open(Recorder(wal, store, retry_max_ms=20), config)
+        accounts = [account() for _ in range(2)]
+        await node.submit(accounts)  # a capture at position 2, its write held at the gate
+        for i in range(3):  # three more events: the next capture is due
+            await node.submit([transfer(accounts[0].id, accounts[1].id, i + 1)])
+        store.gate.set()
+        for _ in range(500):
+            if store.pauses:
+                break
+            await asyncio.sleep(0.01)
+        await node.submit([transfer(accounts[0].id, accounts[1].id, 9)])  # the next capture
+        for _ in range(500):
+            if len(store.pauses) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await node.close()
+        overdue, on_time = store.pauses
+        assert overdue < 0.01  # only a yield: the next capture was waiting
+        assert on_time == pytest.approx(node_module.SNAPSHOT_PAUSE_MAX_S)  # 100 x 10 ms, capped
+        assert store.watermark() == 6
 
     asyncio.run(scenario())
