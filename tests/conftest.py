@@ -21,12 +21,13 @@ from ledger.devservices import KafkaService, PostgresService, start_kafka, start
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--slow", action="store_true", help="run the long crash and soak tests")
+    parser.addoption("--slow", action="store_true", help="run the long soak (50 kill cycles, not 5) and any case marked slow")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Cases marked ``slow`` (the long crash matrices) run only with ``--slow``; without it
-    they are deselected, not skipped, so the normal run reports no skips."""
+    """Cases marked ``slow`` run only with ``--slow`` (none is now: the crash matrices run
+    in every ``make test``); without it they are deselected, not skipped, so the normal run
+    reports no skips."""
     if config.getoption("--slow"):
         return
     slow = [item for item in items if item.get_closest_marker("slow")]

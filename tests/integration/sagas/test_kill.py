@@ -161,12 +161,6 @@ SAGA_POINTS = [
     "CallFinished:compensate",
     "TransactionFinished/wal",
 ]
-DEFAULT = {
-    "tcc-committed-CallFinished:try",
-    "tcc-cancelled-TransactionDecided/wal",
-    "saga-committed-TransactionFinished/wal",
-    "saga-compensated-CallStarted:action@2",
-}
 RACY = {"CallStarted:try@3"}  # the retry may be made moot by the other branch's refusal
 
 
@@ -177,9 +171,7 @@ def applies(point: str, outcome: str) -> bool:
 
 
 def case(kind: str, outcome: str, point: str) -> Any:
-    name = f"{kind}-{outcome}-{point}"
-    marks = () if name in DEFAULT else (pytest.mark.slow,)
-    return pytest.param(kind, outcome, point, id=name, marks=marks)
+    return pytest.param(kind, outcome, point, id=f"{kind}-{outcome}-{point}")
 
 
 CASES = [

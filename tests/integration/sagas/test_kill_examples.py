@@ -149,19 +149,8 @@ def order(shop: Shop, kind: str, outcome: str) -> Scenario:
     )
 
 
-EXAMPLE_DEFAULT = {
-    "cross_book-committed-CallStarted:confirm@3",
-    "cross_book-cancelled-TransactionStarted",
-    "order_saga-compensated-TransactionDecided",
-    "cross_book_batched-committed-CallFinished:confirm",
-    "cross_book_batched-cancelled-TransactionDecided",
-}
-
-
 def case(example: str, outcome: str, point: str) -> Any:
-    name = f"{example}-{outcome}-{point}"
-    marks = () if name in EXAMPLE_DEFAULT else (pytest.mark.slow,)
-    return pytest.param(example, outcome, point, id=name, marks=marks)
+    return pytest.param(example, outcome, point, id=f"{example}-{outcome}-{point}")
 
 
 EXAMPLE_CASES = (
