@@ -21,7 +21,11 @@ from ledger.devservices import KafkaService, PostgresService, start_kafka, start
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--slow", action="store_true", help="run the long soak (50 kill cycles, not 5) and any case marked slow")
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="run the long soak (50 kill cycles, not 5) and any case marked slow",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
