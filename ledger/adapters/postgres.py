@@ -53,7 +53,7 @@ except ImportError:  # pragma: no cover - the package build compiles it (setup.p
 __all__ = ["WATERMARK_STREAM", "PostgresEventStore", "SnapshotRow"]
 
 WATERMARK_STREAM = "$watermark"
-SNAPSHOT_SLICE_ROWS = 1024
+SNAPSHOT_COPY_ROWS = 1024
 """Snapshot rows per COPY and upsert when a large snapshot is spread out (``pace``)."""
 READ_CHUNK_ROWS = 5000
 T = TypeVar("T")
@@ -323,7 +323,7 @@ class PostgresEventStore:
         """Insert ``records`` (and snapshots up to ``watermark``) in one transaction.
         Without records (snapshots and watermark alone) it runs on a connection of its
         own, so a large snapshot never holds up the batches written meanwhile. With
-        ``pace``, the snapshots go in slices of ``SNAPSHOT_SLICE_ROWS``, still in the one
+        ``pace``, the snapshots go in slices of ``SNAPSHOT_COPY_ROWS``, still in the one
         transaction, and ``pace`` is called after each (to spread a large one out)."""
         if not records and not snapshots and watermark is None:
             return
@@ -376,7 +376,7 @@ class PostgresEventStore:
         accounts cost one round trip each way instead of one per row. With ``pace``: one
         COPY and upsert per slice of rows, ``pace`` called after each."""
         position = watermark if watermark is not None else 0
-        step = SNAPSHOT_SLICE_ROWS if pace is not None else max(1, len(snapshots))
+        step = SNAPSHOT_COPY_ROWS if pace is not None else max(1, len(snapshots))
         with conn.cursor() as cur:
             cur.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS snapshot_rows "

@@ -10,7 +10,7 @@ import pytest
 
 from ledger.adapters.memory import MemoryDatabase, MemoryEventStore
 from ledger.adapters.postgres import (
-    SNAPSHOT_SLICE_ROWS,
+    SNAPSHOT_COPY_ROWS,
     PostgresEventStore,
     SnapshotRow,
     _text_array,
@@ -303,7 +303,7 @@ class TestPostgresEventStore(EscapingContract):
         epoch = store.acquire_lease("a")
         store.append_batch(make_records(2), epoch)
         store.append_batch([], epoch, [SnapshotRow("account-00000", 1, {"v": "old"})], 1)
-        n = 3 * SNAPSHOT_SLICE_ROWS + 5
+        n = 3 * SNAPSHOT_COPY_ROWS + 5
         rows = [SnapshotRow(f"account-{i:05d}", 2, {"v": i}) for i in range(n)]
         seen: list[tuple[int, dict[str, Any]]] = []
         reader = self.make_peer(store)
