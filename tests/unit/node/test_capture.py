@@ -21,6 +21,20 @@ def decide(cache: BookCache, commands: list[domain.Command], now_us: int) -> Non
             cache.mark_dirty(event)
 
 
+def usd(
+    a: domain.OpenAccount, b: domain.OpenAccount, amount: int, **kw: Any
+) -> domain.CreateTransfer:
+    return domain.CreateTransfer(
+        id=uuid.uuid4(),
+        debit_account_id=a.id,
+        credit_account_id=b.id,
+        amount_minor=amount,
+        ledger="USD",
+        code=1,
+        **kw,
+    )
+
+
 def test_rows_are_the_state_at_the_capture_not_when_they_are_built() -> None:
     cache = BookCache(MemoryEventStore("t", MemoryDatabase()))
     a, b = (
@@ -28,19 +42,8 @@ def test_rows_are_the_state_at_the_capture_not_when_they_are_built() -> None:
         for _ in range(2)
     )
 
-    def usd(amount: int, **kw: Any) -> domain.CreateTransfer:
-        return domain.CreateTransfer(
-            id=uuid.uuid4(),
-            debit_account_id=a.id,
-            credit_account_id=b.id,
-            amount_minor=amount,
-            ledger="USD",
-            code=1,
-            **kw,
-        )
-
-    hold = usd(40, timeout_s=60, flags=domain.TransferFlags(pending=True))
-    single = usd(5)
+    hold = usd(a, b, 40, timeout_s=60, flags=domain.TransferFlags(pending=True))
+    single = usd(a, b, 5)
     decide(cache, [a, b, hold, single], NOW_US)
     expected = {
         f"account-{a.id}": cache.state.accounts[a.id].to_snapshot(),
@@ -81,16 +84,7 @@ def test_a_resolved_hold_is_taken_as_it_is_and_a_pending_one_by_value() -> None:
     a, b = (domain.OpenAccount(id=uuid.uuid4(), ledger="USD", code=1) for _ in range(2))
 
     def hold(amount: int) -> domain.CreateTransfer:
-        return domain.CreateTransfer(
-            id=uuid.uuid4(),
-            debit_account_id=a.id,
-            credit_account_id=b.id,
-            amount_minor=amount,
-            ledger="USD",
-            code=1,
-            timeout_s=60,
-            flags=domain.TransferFlags(pending=True),
-        )
+        return usd(a, b, amount, timeout_s=60, flags=domain.TransferFlags(pending=True))
 
     def resolve(pending: domain.CreateTransfer, flag: str) -> domain.CreateTransfer:
         return domain.CreateTransfer(
