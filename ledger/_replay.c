@@ -1313,6 +1313,147 @@ static PyObject *py_set_metadata_bytes(PyObject *self, PyObject *fn) {
     Py_RETURN_NONE;
 }
 
+/* --- the event store's rows, checked on this side ------------------------------------ */
+
+static uint64_t be64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+static int32_t be32(const uint8_t *p) {
+    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) |
+                     (uint32_t)p[3]);
+}
+
+/* store_chunk(buf, last_position, last_hash) -> (gap, missing, unchained, unsame, hashes,
+ * top): buf is a binary COPY of (position bigint, prev_hash bytea, hash bytea, canonical
+ * bytea) in position order. As the SQL check of ledger.audit does it, row by row: the first
+ * position that does not follow the one before it (and the position missing there), the
+ * first whose prev_hash is not the hash of the row before it, how many rows do not give
+ * their hash (sha256(prev_hash || canonical)), the stored hashes end to end and the last
+ * position (None when there is no row). The row before the first is (last_position,
+ * last_hash). The work runs without the interpreter lock. */
+static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
+    Py_buffer view, lastv;
+    long long last_position;
+    if (!PyArg_ParseTuple(args, "y*Ly*:store_chunk", &view, &last_position, &lastv)) {
+        return NULL;
+    }
+    static const uint8_t SIGNATURE[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0};
+    const uint8_t *buf = view.buf;
+    Py_ssize_t size = view.len;
+    if (lastv.len != SHA256_DIGEST_LENGTH || size < 19 || memcmp(buf, SIGNATURE, 11) != 0) {
+        PyBuffer_Release(&view);
+        PyBuffer_Release(&lastv);
+        PyErr_SetString(PyExc_ValueError, "store_chunk: not a binary COPY, or a bad last hash");
+        return NULL;
+    }
+    /* a row takes at least 2 + 12 + 36 + 36 + 4 bytes */
+    size_t most = (size_t)size / 90 + 1;
+    uint8_t *hashes = PyMem_RawMalloc(most * SHA256_DIGEST_LENGTH);
+    if (hashes == NULL) {
+        PyBuffer_Release(&view);
+        PyBuffer_Release(&lastv);
+        return PyErr_NoMemory();
+    }
+    uint8_t before_hash[SHA256_DIGEST_LENGTH];
+    memcpy(before_hash, lastv.buf, SHA256_DIGEST_LENGTH);
+    PyBuffer_Release(&lastv);
+    long long before = last_position, gap = -1, missing = -1, unchained = -1, unsame = 0;
+    size_t count = 0;
+    const char *bad = NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    Py_ssize_t off = 19 + (Py_ssize_t)be32(buf + 15);
+    for (;;) {
+        if (off < 19 || off + 2 > size) {
+            bad = "store_chunk: the COPY ends without its trailer";
+            break;
+        }
+        int fields = (int16_t)((buf[off] << 8) | buf[off + 1]);
+        off += 2;
+        if (fields == -1) {
+            break;
+        }
+        if (fields != 4 || count >= most) {
+            bad = "store_chunk: a row that is not (position, prev_hash, hash, canonical)";
+            break;
+        }
+        const uint8_t *part[4];
+        int32_t len[4];
+        for (int f = 0; f < 4; f++) {
+            if (off + 4 > size) {
+                bad = "store_chunk: a row cut short";
+                break;
+            }
+            len[f] = be32(buf + off);
+            off += 4;
+            if (len[f] < 0 || off + len[f] > size) {
+                bad = "store_chunk: a NULL or a value cut short";
+                break;
+            }
+            part[f] = buf + off;
+            off += len[f];
+        }
+        if (bad != NULL) {
+            break;
+        }
+        if (len[0] != 8) {
+            bad = "store_chunk: a position that is not a bigint";
+            break;
+        }
+        long long position = (long long)be64(part[0]);
+        if (gap < 0 && position != before + 1) {
+            gap = position;
+            missing = before + 1;
+        }
+        int hashes_ok = len[1] == SHA256_DIGEST_LENGTH && len[2] == SHA256_DIGEST_LENGTH;
+        if (unchained < 0 &&
+            (len[1] != SHA256_DIGEST_LENGTH || memcmp(part[1], before_hash, SHA256_DIGEST_LENGTH))) {
+            unchained = position;
+        }
+        uint8_t *slot = hashes + count * SHA256_DIGEST_LENGTH;
+        memset(slot, 0, SHA256_DIGEST_LENGTH);
+        memcpy(slot, part[2], len[2] < SHA256_DIGEST_LENGTH ? (size_t)len[2] : SHA256_DIGEST_LENGTH);
+        if (hashes_ok) {
+            SHA256_CTX ctx;
+            uint8_t digest[SHA256_DIGEST_LENGTH];
+            SHA256_Init(&ctx);
+            SHA256_Update(&ctx, part[1], SHA256_DIGEST_LENGTH);
+            SHA256_Update(&ctx, part[3], (size_t)len[3]);
+            SHA256_Final(digest, &ctx);
+            if (memcmp(digest, part[2], SHA256_DIGEST_LENGTH) != 0) {
+                unsame++;
+            }
+        } else {
+            unsame++;
+        }
+        memcpy(before_hash, slot, SHA256_DIGEST_LENGTH);
+        before = position;
+        count++;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&view);
+    if (bad != NULL) {
+        PyMem_RawFree(hashes);
+        PyErr_SetString(PyExc_ValueError, bad);
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize((const char *)hashes, (Py_ssize_t)(count * 32));
+    PyMem_RawFree(hashes);
+    if (out == NULL) {
+        return NULL;
+    }
+    PyObject *none = Py_None;
+#define OR_NONE(v) ((v) < 0 ? (Py_INCREF(none), none) : PyLong_FromLongLong(v))
+    PyObject *result = Py_BuildValue("NNNLNN", OR_NONE(gap), OR_NONE(missing), OR_NONE(unchained),
+                                     unsame, out, count ? PyLong_FromLongLong(before) : (Py_INCREF(none), none));
+#undef OR_NONE
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"apply_records", py_apply_records, METH_VARARGS,
      "apply_records(buf, offset, count, position, accounts, transfers, forbidden, hashes, "
@@ -1325,6 +1466,9 @@ static PyMethodDef methods[] = {
     {"set_metadata_bytes", py_set_metadata_bytes, METH_O,
      "set_metadata_bytes(fn) -> None: fn(raw JSON) gives the hashed bytes of a transfer's "
      "metadata that is not {}"},
+    {"store_chunk", py_store_chunk, METH_VARARGS,
+     "store_chunk(buf, last_position, last_hash) -> (gap, missing, unchained, unsame, "
+     "hashes, top): a binary COPY of the events rows, checked (see ledger.audit)"},
     {"forget", py_forget, METH_NOARGS,
      "forget() -> None: drop the table of accounts kept between calls."},
     {NULL, NULL, 0, NULL},

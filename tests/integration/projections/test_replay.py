@@ -19,6 +19,17 @@ from tests.integration.projections.conftest import project_from_store
 BOOK = "audit"
 
 
+@pytest.fixture(params=["native", "sql"])
+def store_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The event store's rows checked from a binary COPY here (natively), or by PostgreSQL
+    itself: both must find the same things at the same places."""
+    if request.param == "sql":
+        monkeypatch.setattr(audit, "_store_chunk", audit._store_chunk_sql)
+    else:
+        monkeypatch.setattr(audit, "_store_chunk", audit._store_chunk_native)
+    return str(request.param)
+
+
 @pytest.fixture
 def audited(database_url: str, tmp_path: Path) -> tuple[str, Path, SyntheticBook]:
     """A book in the WAL, the event store and every read model."""
@@ -46,6 +57,7 @@ def test_a_clean_book_gets_a_clean_bill(
     assert f"{book.position} events" in out
 
 
+@pytest.mark.usefixtures("store_way")
 def test_rows_stored_in_another_json_text_still_check_out(
     audited: tuple[str, Path, SyntheticBook],
 ) -> None:
@@ -66,6 +78,7 @@ def test_rows_stored_in_another_json_text_still_check_out(
     assert report.store_events == book.position
 
 
+@pytest.mark.usefixtures("store_way")
 def test_a_tampered_events_row_is_found_at_its_position(
     audited: tuple[str, Path, SyntheticBook], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -371,6 +384,7 @@ def _tamper(url: str, statement: str, *params: Any) -> None:
         conn.execute(statement, (BOOK, *params))
 
 
+@pytest.mark.usefixtures("store_way")
 def test_the_store_check_sends_the_stored_hashes_chunk_by_chunk(
     audited: tuple[str, Path, SyntheticBook], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -406,6 +420,7 @@ def test_the_store_check_sends_the_stored_hashes_chunk_by_chunk(
     [((700,), 701), ((97 * 7 - 1, 97 * 7), 97 * 7 + 1), (tuple(range(98, 195)), 195)],
     ids=["inside a chunk", "at a chunk's end", "a whole chunk"],
 )
+@pytest.mark.usefixtures("store_way")
 def test_a_deleted_events_row_is_found_as_missing(
     audited: tuple[str, Path, SyntheticBook],
     monkeypatch: pytest.MonkeyPatch,
@@ -424,6 +439,7 @@ def test_a_deleted_events_row_is_found_as_missing(
     assert found.value.what == f"position {deleted[0]} is missing"
 
 
+@pytest.mark.usefixtures("store_way")
 def test_a_broken_link_is_found_before_the_content(
     audited: tuple[str, Path, SyntheticBook],
 ) -> None:
@@ -439,6 +455,7 @@ def test_a_broken_link_is_found_before_the_content(
     assert found.value.what == "prev_hash is not the hash of the row before it"
 
 
+@pytest.mark.usefixtures("store_way")
 def test_a_row_re_hashed_after_an_edit_is_found_by_the_wal(
     audited: tuple[str, Path, SyntheticBook],
 ) -> None:
