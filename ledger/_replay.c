@@ -1351,8 +1351,8 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "store_chunk: not a binary COPY, or a bad last hash");
         return NULL;
     }
-    /* a row takes at least 2 + 12 + 36 + 36 + 4 bytes */
-    size_t most = (size_t)size / 90 + 1;
+    /* a row takes at least 2 + 12 + 4 + 4 + 4 bytes (hashes of any length are read) */
+    size_t most = (size_t)size / 26 + 1;
     uint8_t *hashes = PyMem_RawMalloc(most * SHA256_DIGEST_LENGTH);
     if (hashes == NULL) {
         PyBuffer_Release(&view);
