@@ -1328,6 +1328,11 @@ static int32_t be32(const uint8_t *p) {
                      (uint32_t)p[3]);
 }
 
+/* A position, or None for -1 (nothing found). */
+static PyObject *position_or_none(long long v) {
+    return v < 0 ? Py_NewRef(Py_None) : PyLong_FromLongLong(v);
+}
+
 /* store_chunk(buf, last_position, last_hash) -> (gap, missing, unchained, unsame, hashes,
  * top): buf is a binary COPY of (position bigint, prev_hash bytea, hash bytea, canonical
  * bytea) in position order. As the SQL check of ledger.audit does it, row by row: the first
@@ -1441,17 +1446,15 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, bad);
         return NULL;
     }
-    PyObject *out = PyBytes_FromStringAndSize((const char *)hashes, (Py_ssize_t)(count * 32));
+    PyObject *out = PyBytes_FromStringAndSize((const char *)hashes,
+                                              (Py_ssize_t)(count * SHA256_DIGEST_LENGTH));
     PyMem_RawFree(hashes);
     if (out == NULL) {
         return NULL;
     }
-    PyObject *none = Py_None;
-#define OR_NONE(v) ((v) < 0 ? (Py_INCREF(none), none) : PyLong_FromLongLong(v))
-    PyObject *result = Py_BuildValue("NNNLNN", OR_NONE(gap), OR_NONE(missing), OR_NONE(unchained),
-                                     unsame, out, count ? PyLong_FromLongLong(before) : (Py_INCREF(none), none));
-#undef OR_NONE
-    return result;
+    return Py_BuildValue("NNNLNN", position_or_none(gap), position_or_none(missing),
+                         position_or_none(unchained), unsame, out,
+                         position_or_none(count ? before : -1));
 }
 
 static PyMethodDef methods[] = {
