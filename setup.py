@@ -18,6 +18,11 @@ setup(
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         ),
         Extension(
+            "ledger._pgcopy",
+            sources=["ledger/_pgcopy.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        ),
+        Extension(
             "ledger.application._chain",
             sources=["ledger/application/_chain.c"],
             libraries=["crypto"],

@@ -1457,6 +1457,374 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
                          position_or_none(count ? before : -1));
 }
 
+/* --- read models' digests, from a binary COPY of their rows ---------------------------- */
+
+/* How a COPY field goes into a row's hashed bytes (ledger.audit's digest forms): a number
+ * or an id as its binary send bytes (of the width given); a text followed by a NUL; an
+ * optional number or id as a 1 and its bytes, or a 0 for NULL; bytes as they are. */
+enum { K_FIXED8 = 1, K_FIXED4, K_FIXED16, K_TEXT, K_OPT8, K_OPT16, K_RAW };
+
+#define DIGEST_FIELDS_MAX 32
+#define DIGEST_SPECS_MAX 4
+
+typedef struct {
+    long long order;
+    Py_ssize_t off; /* the row's first field */
+    uint32_t group; /* its group's number, in the order first seen */
+} DigestRow;
+
+static int digest_row_cmp(const void *a, const void *b) {
+    const DigestRow *x = a, *y = b;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* The fields of the row at off: pointers and lengths (-1 for NULL); the offset after it,
+ * or -1 for a row that is not as described. */
+static Py_ssize_t copy_fields(const uint8_t *buf, Py_ssize_t size, Py_ssize_t off, int nfields,
+                              const uint8_t **part, int32_t *len) {
+    for (int f = 0; f < nfields; f++) {
+        if (off + 4 > size) {
+            return -1;
+        }
+        len[f] = be32(buf + off);
+        off += 4;
+        if (len[f] < -1 || (len[f] > 0 && off + len[f] > size)) {
+            return -1;
+        }
+        part[f] = buf + off;
+        if (len[f] > 0) {
+            off += len[f];
+        }
+    }
+    return off;
+}
+
+/* A row's hashed bytes gathered before they go to sha256, so that a row costs one update
+ * (a value larger than the room left goes on its own). */
+typedef struct {
+    SHA256_CTX ctx;
+    size_t n;
+    uint8_t bytes[512];
+} Sink;
+
+static void sink_add(Sink *k, const void *p, size_t n) {
+    if (k->n + n > sizeof k->bytes) {
+        SHA256_Update(&k->ctx, k->bytes, k->n);
+        k->n = 0;
+        if (n > sizeof k->bytes) {
+            SHA256_Update(&k->ctx, p, n);
+            return;
+        }
+    }
+    memcpy(k->bytes + k->n, p, n);
+    k->n += n;
+}
+
+static void sink_flush(Sink *k) {
+    SHA256_Update(&k->ctx, k->bytes, k->n);
+    k->n = 0;
+}
+
+static const uint8_t ODD_FIELD[2] = {0xff, 0xfe};
+
+static void hash_field(Sink *k, int kind, const uint8_t *p, int32_t n) {
+    static const uint8_t zero = 0, one = 1;
+    int width = kind == K_FIXED8 || kind == K_OPT8 ? 8 : kind == K_FIXED4 ? 4 : 16;
+    switch (kind) {
+    case K_TEXT:
+        if (n < 0) {
+            break;
+        }
+        sink_add(k, p, (size_t)n);
+        sink_add(k, &zero, 1);
+        return;
+    case K_RAW:
+        if (n < 0) {
+            break;
+        }
+        sink_add(k, p, (size_t)n);
+        return;
+    case K_OPT8:
+    case K_OPT16:
+        if (n == -1) {
+            sink_add(k, &zero, 1);
+            return;
+        }
+        if (n != width) {
+            break;
+        }
+        sink_add(k, &one, 1);
+        sink_add(k, p, (size_t)n);
+        return;
+    default:
+        if (n != width) {
+            break;
+        }
+        sink_add(k, p, (size_t)n);
+        return;
+    }
+    /* NULL where the column has none, or a width the type does not have: bytes that no
+     * well-formed row gives, so that the digest differs and the row is looked for. */
+    sink_add(k, ODD_FIELD, sizeof ODD_FIELD);
+}
+
+typedef struct {
+    uint8_t id[16];
+    size_t count, first; /* rows, and where they start in the grouped order */
+    uint8_t digest[DIGEST_SPECS_MAX][SHA256_DIGEST_LENGTH];
+} DigestGroup;
+
+/* Groups by id: an open-addressing table of group numbers + 1 (0: empty). */
+typedef struct {
+    uint32_t *slot;
+    size_t mask;
+} GroupTable;
+
+static size_t group_hash(const uint8_t id[16]) {
+    uint64_t a, b;
+    memcpy(&a, id, 8);
+    memcpy(&b, id + 8, 8);
+    return (size_t)(((a * 0x9E3779B97F4A7C15ULL) ^ b) * 0xC2B2AE3D27D4EB4FULL >> 17);
+}
+
+/* copy_digests(buf, fields, order, group, specs) -> list[(group, count, digests)]: buf is
+ * a binary COPY of rows of `fields` fields, in any order. The rows are hashed in the order
+ * of their bigint field `order`, per value of their uuid field `group` (or all together
+ * for -1; then the one item's group is b""); each spec (bytes of (field, kind) pairs) gives
+ * one sha256 over the rows' bytes it describes. Groups come in the order the COPY first
+ * gives them. The work runs without the interpreter lock. */
+static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    int nfields, order, group;
+    PyObject *specs;
+    if (!PyArg_ParseTuple(args, "y*iiiO!:copy_digests", &view, &nfields, &order, &group,
+                          &PyTuple_Type, &specs)) {
+        return NULL;
+    }
+    static const uint8_t SIGNATURE[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0};
+    const uint8_t *buf = view.buf;
+    Py_ssize_t size = view.len;
+    Py_ssize_t nspecs = PyTuple_GET_SIZE(specs);
+    const uint8_t *spec[DIGEST_SPECS_MAX];
+    Py_ssize_t spec_len[DIGEST_SPECS_MAX];
+    const char *bad = NULL;
+    if (nfields < 1 || nfields > DIGEST_FIELDS_MAX || order < 0 || order >= nfields ||
+        group < -1 || group >= nfields || nspecs < 1 || nspecs > DIGEST_SPECS_MAX) {
+        bad = "copy_digests: bad field numbers or specs";
+    }
+    for (Py_ssize_t i = 0; bad == NULL && i < nspecs; i++) {
+        PyObject *item = PyTuple_GET_ITEM(specs, i);
+        if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) % 2 != 0) {
+            bad = "copy_digests: a spec is not bytes of (field, kind) pairs";
+            break;
+        }
+        spec[i] = (const uint8_t *)PyBytes_AS_STRING(item);
+        spec_len[i] = PyBytes_GET_SIZE(item);
+        for (Py_ssize_t j = 0; j < spec_len[i]; j += 2) {
+            if (spec[i][j] >= nfields || spec[i][j + 1] < K_FIXED8 || spec[i][j + 1] > K_RAW) {
+                bad = "copy_digests: a spec names no such field or kind";
+            }
+        }
+    }
+    if (bad == NULL && (size < 19 || memcmp(buf, SIGNATURE, 11) != 0)) {
+        bad = "copy_digests: not a binary COPY";
+    }
+    if (bad != NULL) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, bad);
+        return NULL;
+    }
+    size_t most = (size_t)size / (size_t)(2 + 4 * nfields) + 1;
+    DigestRow *rows = PyMem_RawMalloc(most * sizeof(DigestRow));
+    uint32_t *grouped = PyMem_RawMalloc(most * sizeof(uint32_t));
+    size_t groups_cap = 64;
+    DigestGroup *out = PyMem_RawMalloc(groups_cap * sizeof(DigestGroup));
+    GroupTable table = {PyMem_RawCalloc(128, sizeof(uint32_t)), 127};
+    if (rows == NULL || grouped == NULL || out == NULL || table.slot == NULL) {
+        PyMem_RawFree(rows);
+        PyMem_RawFree(grouped);
+        PyMem_RawFree(out);
+        PyMem_RawFree(table.slot);
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    size_t count = 0, groups = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    const uint8_t *part[DIGEST_FIELDS_MAX];
+    int32_t len[DIGEST_FIELDS_MAX];
+    static const uint8_t no_id[16] = {0};
+    Py_ssize_t off = 19 + (Py_ssize_t)be32(buf + 15);
+    for (;;) {
+        if (off < 19 || off + 2 > size) {
+            bad = "copy_digests: the COPY ends without its trailer";
+            break;
+        }
+        int fields = (int16_t)((buf[off] << 8) | buf[off + 1]);
+        off += 2;
+        if (fields == -1) {
+            break;
+        }
+        if (fields != nfields || count >= most) {
+            bad = "copy_digests: a row with another number of fields";
+            break;
+        }
+        Py_ssize_t next = copy_fields(buf, size, off, nfields, part, len);
+        if (next < 0) {
+            bad = "copy_digests: a row cut short";
+            break;
+        }
+        if (len[order] != 8 || (group >= 0 && len[group] != 16)) {
+            bad = "copy_digests: a row without its position or its id";
+            break;
+        }
+        const uint8_t *id = group >= 0 ? part[group] : no_id;
+        size_t h = group_hash(id) & table.mask;
+        while (table.slot[h] != 0 && memcmp(out[table.slot[h] - 1].id, id, 16) != 0) {
+            h = (h + 1) & table.mask;
+        }
+        if (table.slot[h] == 0) {
+            if (groups == groups_cap) {
+                DigestGroup *grown = PyMem_RawRealloc(out, 2 * groups_cap * sizeof(DigestGroup));
+                if (grown == NULL) {
+                    bad = "";
+                    break;
+                }
+                out = grown;
+                groups_cap *= 2;
+            }
+            memcpy(out[groups].id, id, 16);
+            out[groups].count = 0;
+            table.slot[h] = (uint32_t)++groups;
+            if (2 * groups > table.mask) { /* keep the table at most half full */
+                size_t mask = 2 * table.mask + 1;
+                uint32_t *slot = PyMem_RawCalloc(mask + 1, sizeof(uint32_t));
+                if (slot == NULL) {
+                    bad = "";
+                    break;
+                }
+                for (size_t g = 0; g < groups; g++) {
+                    size_t at = group_hash(out[g].id) & mask;
+                    while (slot[at] != 0) {
+                        at = (at + 1) & mask;
+                    }
+                    slot[at] = (uint32_t)(g + 1);
+                }
+                PyMem_RawFree(table.slot);
+                table.slot = slot;
+                table.mask = mask;
+                h = (size_t)-1;
+            }
+            rows[count].group = (uint32_t)(groups - 1);
+        } else {
+            rows[count].group = table.slot[h] - 1;
+        }
+        out[rows[count].group].count++;
+        rows[count].order = (long long)be64(part[order]);
+        rows[count].off = off;
+        count++;
+        off = next;
+    }
+    if (bad == NULL) {
+        /* The rows of each group together, in the order they came (a stable placement),
+         * then each group in order of `order` where it is not already. */
+        size_t at = 0;
+        for (size_t g = 0; g < groups; g++) {
+            out[g].first = at;
+            at += out[g].count;
+            out[g].count = 0;
+        }
+        for (size_t i = 0; i < count; i++) {
+            DigestGroup *g = &out[rows[i].group];
+            grouped[g->first + g->count++] = (uint32_t)i;
+        }
+        DigestRow *sorted = PyMem_RawMalloc((count ? count : 1) * sizeof(DigestRow));
+        if (sorted == NULL) {
+            bad = "";
+        } else {
+            for (size_t i = 0; i < count; i++) {
+                sorted[i] = rows[grouped[i]];
+            }
+            PyMem_RawFree(rows);
+            rows = sorted;
+        }
+    }
+    for (size_t g = 0; bad == NULL && g < groups; g++) {
+        DigestRow *r = rows + out[g].first;
+        size_t n = out[g].count;
+        for (size_t i = 1; i < n; i++) {
+            if (r[i - 1].order > r[i].order) {
+                qsort(r, n, sizeof(DigestRow), digest_row_cmp);
+                break;
+            }
+        }
+        Sink sink[DIGEST_SPECS_MAX];
+        for (Py_ssize_t s = 0; s < nspecs; s++) {
+            SHA256_Init(&sink[s].ctx);
+            sink[s].n = 0;
+        }
+        for (size_t i = 0; i < n; i++) {
+            copy_fields(buf, size, r[i].off, nfields, part, len);
+            for (Py_ssize_t s = 0; s < nspecs; s++) {
+                for (Py_ssize_t j = 0; j < spec_len[s]; j += 2) {
+                    int f = spec[s][j];
+                    hash_field(&sink[s], spec[s][j + 1], part[f], len[f]);
+                }
+                sink_flush(&sink[s]);
+            }
+        }
+        for (Py_ssize_t s = 0; s < nspecs; s++) {
+            SHA256_Final(out[g].digest[s], &sink[s].ctx);
+        }
+    }
+    if (bad == NULL && groups == 0 && group < 0) { /* no rows: the digests of nothing */
+        SHA256_CTX ctx;
+        for (Py_ssize_t s = 0; s < nspecs; s++) {
+            SHA256_Init(&ctx);
+            SHA256_Final(out[0].digest[s], &ctx);
+        }
+        memset(out[0].id, 0, 16);
+        out[0].count = 0;
+        groups = 1;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&view);
+    PyMem_RawFree(rows);
+    PyMem_RawFree(grouped);
+    PyMem_RawFree(table.slot);
+    if (bad != NULL) {
+        PyMem_RawFree(out);
+        if (bad[0] == '\0') {
+            return PyErr_NoMemory();
+        }
+        PyErr_SetString(PyExc_ValueError, bad);
+        return NULL;
+    }
+    PyObject *result = PyList_New((Py_ssize_t)groups);
+    for (size_t g = 0; result != NULL && g < groups; g++) {
+        PyObject *digests = PyTuple_New(nspecs);
+        for (Py_ssize_t s = 0; digests != NULL && s < nspecs; s++) {
+            PyObject *d = PyBytes_FromStringAndSize((const char *)out[g].digest[s],
+                                                    SHA256_DIGEST_LENGTH);
+            if (d == NULL) {
+                Py_CLEAR(digests);
+                break;
+            }
+            PyTuple_SET_ITEM(digests, s, d);
+        }
+        PyObject *item = digests == NULL ? NULL
+                                         : Py_BuildValue("y#nN", (const char *)out[g].id,
+                                                         (Py_ssize_t)(group >= 0 ? 16 : 0),
+                                                         (Py_ssize_t)out[g].count, digests);
+        if (item == NULL) { /* Py_BuildValue has released digests ("N") */
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, (Py_ssize_t)g, item);
+    }
+    PyMem_RawFree(out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"apply_records", py_apply_records, METH_VARARGS,
      "apply_records(buf, offset, count, position, accounts, transfers, forbidden, hashes, "
@@ -1472,6 +1840,9 @@ static PyMethodDef methods[] = {
     {"store_chunk", py_store_chunk, METH_VARARGS,
      "store_chunk(buf, last_position, last_hash) -> (gap, missing, unchained, unsame, "
      "hashes, top): a binary COPY of the events rows, checked (see ledger.audit)"},
+    {"copy_digests", py_copy_digests, METH_VARARGS,
+     "copy_digests(buf, fields, order, group, specs) -> [(group, count, digests)]: sha256 "
+     "of a binary COPY's rows in order, per group (see ledger.audit)"},
     {"forget", py_forget, METH_NOARGS,
      "forget() -> None: drop the table of accounts kept between calls."},
     {NULL, NULL, 0, NULL},

@@ -28,18 +28,22 @@ What is checked, in this order (the first finding is reported with its location)
    order, every column included; transfers as two sha256 in position order, one of the
    columns an event sets once (position, code, timestamp, timeout, expiry, hold id,
    metadata) and one of the state (status, amounts, accounts, kind, ledger, resolving
-   position). PostgreSQL hashes the stored rows (from the start, while the WAL is read),
-   the WAL pass hashes the rows its events give, and where digests differ the rows are
-   read one by one to name the first differing row and column. A transfer's ``metadata``
+   position). The stored rows come as a binary COPY of their columns, from the start,
+   while the WAL is read, and are hashed here by the native extension without the
+   interpreter lock (``_replay.copy_digests``; without the extension, PostgreSQL hashes
+   them); the WAL pass hashes the rows its events give, and where digests differ the rows
+   are read one by one to name the first differing row and column. A transfer's ``metadata``
    is hashed as its pairs in the byte order of their keys, each key and string value with
    its length (:func:`_metadata_bytes`).
 
 Why a scanner of its own: the WAL module's ``read_wal`` verifies and then decodes in two
 passes and the domain's ``evolve`` builds full objects; together they reach about 45k
 events/s. The audit needs one pass with one CRC, one sha256 and one JSON parse per
-record; most of the work on the stored rows is PostgreSQL's, in its own processes,
-beside it (the events rows' sha256 is done here: OpenSSL's is several times faster than
-that of a PostgreSQL built without it).
+record. The stored rows are read with ``COPY ... TO STDOUT`` through
+:func:`ledger.pgcopy.copy_out`, which gathers a whole COPY without the interpreter lock
+(psycopg hands Python each row as its own message, which cost more than the hashing);
+their sha256 is done here, as OpenSSL's is several times faster than that of a PostgreSQL
+built without it, and PostgreSQL only reads the rows out.
 """
 
 from __future__ import annotations
@@ -897,8 +901,9 @@ def _store_chunk_sql(conn: Any, params: dict[str, Any]) -> tuple[Any, ...]:
 def _store_chunk_native(conn: Any, params: dict[str, Any]) -> tuple[Any, ...]:
     """The same, from a binary COPY of the chunk checked here without the interpreter lock:
     PostgreSQL only puts each row's canonical bytes together."""
-    with conn.cursor() as cur, cur.copy(_STORE_COPY_SQL, params) as copy:
-        buf = b"".join(copy)
+    from ledger.pgcopy import copy_out
+
+    buf = copy_out(conn, _STORE_COPY_SQL, params)
     return tuple(_native_books.store_chunk(buf, params["last_position"], params["last_hash"]))
 
 
@@ -1076,19 +1081,24 @@ _ENTRIES_DIGEST_SQL: Final = (
 each as :func:`_entry_bytes` forms it, so that any change to any column of any row (or a
 row added, removed or moved to another account) changes the account's digest."""
 
-_TRANSFERS_DIGEST_SQL: Final = (
-    "SELECT count(*), sha256(string_agg("
-    "int8send(position) || uuid_send(transfer_id) || int4send(code) || int8send(timestamp_us) "
-    "|| int8send(timeout_s) || coalesce('\\x01'::bytea || int8send(expires_at_us), "
-    "'\\x00'::bytea) || coalesce('\\x01'::bytea || uuid_send(pending_id), '\\x00'::bytea) "
-    "|| CASE WHEN metadata = '{}'::jsonb THEN '\\x00'::bytea "
+_METADATA_SQL: Final = (
+    "CASE WHEN metadata = '{}'::jsonb THEN '\\x00'::bytea "
     "WHEN jsonb_typeof(metadata) <> 'object' THEN '\\xfe'::bytea "
     "ELSE '\\x01'::bytea || (SELECT string_agg(int4send(octet_length(convert_to(key, 'UTF8'))) "
     "|| convert_to(key, 'UTF8') || CASE WHEN jsonb_typeof(value) = 'string' "
     "THEN int4send(octet_length(convert_to(value #>> '{}', 'UTF8'))) "
     "|| convert_to(value #>> '{}', 'UTF8') "
     "ELSE '\\xff'::bytea END, '' ORDER BY convert_to(key, 'UTF8')) FROM jsonb_each(metadata)) "
-    "END, '' ORDER BY position)), "
+    "END"
+)
+"""A transfer's metadata in the bytes :func:`_metadata_bytes` gives."""
+
+_TRANSFERS_DIGEST_SQL: Final = (
+    "SELECT count(*), sha256(string_agg("
+    "int8send(position) || uuid_send(transfer_id) || int4send(code) || int8send(timestamp_us) "
+    "|| int8send(timeout_s) || coalesce('\\x01'::bytea || int8send(expires_at_us), "
+    "'\\x00'::bytea) || coalesce('\\x01'::bytea || uuid_send(pending_id), '\\x00'::bytea) "
+    f"|| {_METADATA_SQL}, '' ORDER BY position)), "
     "sha256(string_agg(textsend(status) || '\\x00'::bytea || int8send(amount_minor) "
     "|| int8send(amount_posted_minor) || uuid_send(debit_account_id) "
     "|| uuid_send(credit_account_id) || textsend(kind) || '\\x00'::bytea || textsend(ledger) "
@@ -1100,13 +1110,77 @@ once (as :func:`_transfer_bytes` forms them, while the WAL is read), and of each
 state (as :func:`_transfer_state_bytes` forms it, from the state the WAL ends with)."""
 
 
+# The same digests with the rows sent as they are (a binary COPY, in the order of the
+# table) and hashed here by ``_replay.copy_digests`` without the interpreter lock: for
+# PostgreSQL, reading the rows out costs less than putting their bytes together (for the
+# entries, a third).
+# Each spec lists (field, kind) pairs: the hashed bytes of a row, in the order above.
+_F8, _F4, _F16, _TEXT, _OPT8, _OPT16, _RAW = range(1, 8)
+
+
+def _spec(*pairs: tuple[int, int]) -> bytes:
+    return bytes(v for pair in pairs for v in pair)
+
+
+_ENTRIES_COPY_SQL: Final = (
+    "COPY (SELECT account_id, position, transfer_id, amount_minor, timestamp_us, "
+    "debits_pending, debits_posted, credits_pending, credits_posted, type, side, ledger, "
+    "pending_id FROM account_entries WHERE book_id = %s) TO STDOUT (FORMAT binary)"
+)
+_ENTRIES_SPEC: Final = _spec(
+    (1, _F8),
+    (0, _F16),
+    (2, _F16),
+    (3, _F8),
+    (4, _F8),
+    (5, _F8),
+    (6, _F8),
+    (7, _F8),
+    (8, _F8),
+    (9, _TEXT),
+    (10, _TEXT),
+    (11, _TEXT),
+    (12, _OPT16),
+)
+
+_TRANSFERS_COPY_SQL: Final = (
+    "COPY (SELECT position, transfer_id, code, timestamp_us, timeout_s, expires_at_us, "
+    f"pending_id, {_METADATA_SQL}, status, amount_minor, amount_posted_minor, "
+    "debit_account_id, credit_account_id, kind, ledger, resolved_position "
+    "FROM transfers WHERE book_id = %s) TO STDOUT (FORMAT binary)"
+)
+_TRANSFERS_ONCE_SPEC: Final = _spec(
+    (0, _F8),
+    (1, _F16),
+    (2, _F4),
+    (3, _F8),
+    (4, _F8),
+    (5, _OPT8),
+    (6, _OPT16),
+    (7, _RAW),
+)
+_TRANSFERS_STATE_SPEC: Final = _spec(
+    (8, _TEXT),
+    (9, _F8),
+    (10, _F8),
+    (11, _F16),
+    (12, _F16),
+    (13, _TEXT),
+    (14, _TEXT),
+    (15, _OPT8),
+)
+
+
 EntryDigests = tuple[int, dict[str, tuple[int, bytes]]]
 TransferDigest = tuple[int, int, bytes, bytes]
 """A checkpoint, the row count, the digest of the columns set once, the states' digest."""
 
 
-def _hashed(database_url: str, book_id: str, model: str, sql: str) -> tuple[int, list[Any]]:
-    """A read model's checkpoint and the rows of one digest query, in one snapshot."""
+def _hashed(
+    database_url: str, book_id: str, model: str, query: Callable[[Any], _T]
+) -> tuple[int, _T]:
+    """A read model's checkpoint and what ``query`` reads on the same connection, in one
+    snapshot."""
     from projections.tracking import connect, read_checkpoint
 
     with (
@@ -1115,16 +1189,70 @@ def _hashed(database_url: str, book_id: str, model: str, sql: str) -> tuple[int,
     ):
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         checkpoint = read_checkpoint(conn, model, book_id)
-        return checkpoint, conn.execute(sql, (book_id,)).fetchall()
+        return checkpoint, query(conn)
 
 
-def _entry_digests(database_url: str, book_id: str) -> EntryDigests:
-    checkpoint, rows = _hashed(database_url, book_id, "entries", _ENTRIES_DIGEST_SQL)
+def _copy_digests(
+    sql: str, book_id: str, fields: int, order: int, group: int, specs: tuple[bytes, ...]
+) -> Callable[[Any], list[tuple[bytes, int, tuple[bytes, ...]]]]:
+    def query(conn: Any) -> list[tuple[bytes, int, tuple[bytes, ...]]]:
+        from ledger.pgcopy import copy_out
+
+        assert _native_books is not None
+        return _native_books.copy_digests(
+            copy_out(conn, sql, (book_id,)), fields, order, group, specs
+        )
+
+    return query
+
+
+def _rows(sql: str, book_id: str) -> Callable[[Any], list[Any]]:
+    return lambda conn: conn.execute(sql, (book_id,)).fetchall()
+
+
+def _entry_digests_native(database_url: str, book_id: str) -> EntryDigests:
+    """Per account, grouped by its id (field 0) and in position order (field 1)."""
+    checkpoint, groups = _hashed(
+        database_url,
+        book_id,
+        "entries",
+        _copy_digests(_ENTRIES_COPY_SQL, book_id, 13, 1, 0, (_ENTRIES_SPEC,)),
+    )
+    return checkpoint, {str(UUID(bytes=g)): (n, d[0]) for g, n, d in groups}
+
+
+def _entry_digests_sql(database_url: str, book_id: str) -> EntryDigests:
+    checkpoint, rows = _hashed(
+        database_url, book_id, "entries", _rows(_ENTRIES_DIGEST_SQL, book_id)
+    )
     return checkpoint, {r[0]: (int(r[1]), bytes(r[2])) for r in rows}
 
 
-def _transfer_digest(database_url: str, book_id: str) -> TransferDigest:
-    checkpoint, rows = _hashed(database_url, book_id, "transfers", _TRANSFERS_DIGEST_SQL)
+def _entry_digests(database_url: str, book_id: str) -> EntryDigests:
+    """The entries' digests: hashed here when the extension is there, else by PostgreSQL."""
+    if _native_books is None:
+        return _entry_digests_sql(database_url, book_id)
+    return _entry_digests_native(database_url, book_id)
+
+
+def _transfer_digest_native(database_url: str, book_id: str) -> TransferDigest:
+    """All the rows together (group -1), in position order (field 0)."""
+    checkpoint, groups = _hashed(
+        database_url,
+        book_id,
+        "transfers",
+        _copy_digests(
+            _TRANSFERS_COPY_SQL, book_id, 16, 0, -1, (_TRANSFERS_ONCE_SPEC, _TRANSFERS_STATE_SPEC)
+        ),
+    )
+    _, count, (once, states) = groups[0]
+    return checkpoint, count, once, states
+
+
+def _transfer_digest_sql(database_url: str, book_id: str) -> TransferDigest:
+    checkpoint, rows = _hashed(
+        database_url, book_id, "transfers", _rows(_TRANSFERS_DIGEST_SQL, book_id)
+    )
     count, once, states = rows[0] if rows else (0, None, None)
     # No rows: string_agg gives NULL, where the WAL's side is the digest of nothing.
     empty = hashlib.sha256().digest()
@@ -1134,6 +1262,14 @@ def _transfer_digest(database_url: str, book_id: str) -> TransferDigest:
         bytes(once) if once is not None else empty,
         bytes(states) if states is not None else empty,
     )
+
+
+def _transfer_digest(database_url: str, book_id: str) -> TransferDigest:
+    """The transfers' digests: hashed here when the extension is there, else by
+    PostgreSQL."""
+    if _native_books is None:
+        return _transfer_digest_sql(database_url, book_id)
+    return _transfer_digest_native(database_url, book_id)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,22 @@ def store_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return str(request.param)
 
 
+@pytest.fixture(params=["native", "sql"])
+def digest_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The read models' rows hashed here from a binary COPY (natively), or by PostgreSQL:
+    both must give the WAL's digests, and differ from them at the same rows."""
+    native = request.param == "native"
+    monkeypatch.setattr(
+        audit, "_entry_digests", audit._entry_digests_native if native else audit._entry_digests_sql
+    )
+    monkeypatch.setattr(
+        audit,
+        "_transfer_digest",
+        audit._transfer_digest_native if native else audit._transfer_digest_sql,
+    )
+    return str(request.param)
+
+
 @pytest.fixture
 def audited(database_url: str, tmp_path: Path) -> tuple[str, Path, SyntheticBook]:
     """A book in the WAL, the event store and every read model."""
@@ -40,6 +56,7 @@ def audited(database_url: str, tmp_path: Path) -> tuple[str, Path, SyntheticBook
     return database_url, wal_dir, book
 
 
+@pytest.mark.usefixtures("digest_way")
 def test_a_clean_book_gets_a_clean_bill(
     audited: tuple[str, Path, SyntheticBook], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -158,6 +175,7 @@ def _entry_of(conn: psycopg.Connection[Any], position: int) -> tuple[str, int]:
         ("ledger", "ledger = 'XXX'"),
     ],
 )
+@pytest.mark.usefixtures("digest_way")
 def test_an_entry_edited_in_the_middle_of_an_account_is_found_by_column(
     audited: tuple[str, Path, SyntheticBook], column: str, change: str
 ) -> None:
@@ -193,6 +211,7 @@ _SWAP = (
 )
 
 
+@pytest.mark.usefixtures("digest_way")
 def test_entries_swapped_or_deleted_are_found(
     audited: tuple[str, Path, SyntheticBook],
 ) -> None:
@@ -230,6 +249,7 @@ def test_entries_swapped_or_deleted_are_found(
     assert found.value.what == f"no entry at position {second[0]}, which the WAL gives"
 
 
+@pytest.mark.usefixtures("digest_way")
 def test_an_altered_entry_and_transfer_are_found(
     audited: tuple[str, Path, SyntheticBook],
 ) -> None:
@@ -274,6 +294,7 @@ def test_an_altered_entry_and_transfer_are_found(
         ("metadata", "metadata = '{}'", "metadata <> '{}'"),
     ],
 )
+@pytest.mark.usefixtures("digest_way")
 def test_a_transfer_column_outside_its_state_is_found(
     audited: tuple[str, Path, SyntheticBook], column: str, change: str, which: str
 ) -> None:
@@ -291,6 +312,7 @@ def test_a_transfer_column_outside_its_state_is_found(
     assert found.value.what.startswith(f"{column} is ")
 
 
+@pytest.mark.usefixtures("digest_way")
 def test_a_hold_resolved_elsewhere_is_found(audited: tuple[str, Path, SyntheticBook]) -> None:
     url, wal_dir, _ = audited
     with psycopg.connect(dsn(url), autocommit=True) as conn:
@@ -482,6 +504,7 @@ def test_a_row_re_hashed_after_an_edit_is_found_by_the_wal(
     assert found.value.what == "hash differs from the WAL's (a different event at this position)"
 
 
+@pytest.mark.usefixtures("digest_way")
 def test_a_book_of_accounts_without_transfers_gets_a_clean_bill(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -493,3 +516,18 @@ def test_a_book_of_accounts_without_transfers_gets_a_clean_bill(
     assert report.transfers == 0 and report.accounts == len(book.state.accounts) > 0
     assert report.read_models["transfers"] == "0 transfers match"
     assert report.read_models["entries"] == "0 entries of 0 accounts match"
+
+
+def test_both_ways_of_hashing_the_read_models_give_the_same_digests(
+    audited: tuple[str, Path, SyntheticBook],
+) -> None:
+    url, _, book = audited
+    native = audit._entry_digests_native(url, BOOK)
+    assert native == audit._entry_digests_sql(url, BOOK)
+    assert len(native[1]) == len(book.state.accounts)
+    transfers = audit._transfer_digest_native(url, BOOK)
+    assert transfers == audit._transfer_digest_sql(url, BOOK)
+    assert transfers[1] == len(book.state.transfers)
+    # A book with no rows at all: no accounts, and the digests of nothing.
+    assert audit._entry_digests_native(url, "empty") == audit._entry_digests_sql(url, "empty")
+    assert audit._transfer_digest_native(url, "empty") == audit._transfer_digest_sql(url, "empty")
