@@ -1502,17 +1502,17 @@ static Py_ssize_t copy_fields(const uint8_t *buf, Py_ssize_t size, Py_ssize_t of
 /* A row's hashed bytes gathered before they go to sha256, so that a row costs one update
  * (a value larger than the room left goes on its own). */
 typedef struct {
-    SHA256_CTX ctx;
+    SHA256_CTX *ctx;
     size_t n;
     uint8_t bytes[512];
 } Sink;
 
 static void sink_add(Sink *k, const void *p, size_t n) {
     if (k->n + n > sizeof k->bytes) {
-        SHA256_Update(&k->ctx, k->bytes, k->n);
+        SHA256_Update(k->ctx, k->bytes, k->n);
         k->n = 0;
         if (n > sizeof k->bytes) {
-            SHA256_Update(&k->ctx, p, n);
+            SHA256_Update(k->ctx, p, n);
             return;
         }
     }
@@ -1521,9 +1521,13 @@ static void sink_add(Sink *k, const void *p, size_t n) {
 }
 
 static void sink_flush(Sink *k) {
-    SHA256_Update(&k->ctx, k->bytes, k->n);
+    SHA256_Update(k->ctx, k->bytes, k->n);
     k->n = 0;
 }
+
+/* One row's bytes for each spec, into the contexts ctx[0..nspecs). */
+static void hash_row(SHA256_CTX *ctx, Py_ssize_t nspecs, const uint8_t *const *spec,
+                     const Py_ssize_t *spec_len, const uint8_t *const *part, const int32_t *len);
 
 static const uint8_t ODD_FIELD[2] = {0xff, 0xfe};
 
@@ -1571,8 +1575,29 @@ static void hash_field(Sink *k, int kind, const uint8_t *p, int32_t n) {
 typedef struct {
     uint8_t id[16];
     size_t count, first; /* rows, and where they start in the grouped order */
+    long long last;      /* the order of its last row, while the rows come in order */
+    SHA256_CTX ctx[DIGEST_SPECS_MAX];
     uint8_t digest[DIGEST_SPECS_MAX][SHA256_DIGEST_LENGTH];
 } DigestGroup;
+
+/* Rows are hashed as they are read while every group's rows come in order (as a table
+ * written in position order gives them) and there are at most this many groups; else
+ * they are placed by group and sorted first. */
+#define DIGEST_IN_ORDER_GROUPS_MAX 65536
+
+static void hash_row(SHA256_CTX *ctx, Py_ssize_t nspecs, const uint8_t *const *spec,
+                     const Py_ssize_t *spec_len, const uint8_t *const *part, const int32_t *len) {
+    Sink sink;
+    for (Py_ssize_t s = 0; s < nspecs; s++) {
+        sink.ctx = &ctx[s];
+        sink.n = 0;
+        for (Py_ssize_t j = 0; j < spec_len[s]; j += 2) {
+            int f = spec[s][j];
+            hash_field(&sink, spec[s][j + 1], part[f], len[f]);
+        }
+        sink_flush(&sink);
+    }
+}
 
 /* Groups by id: an open-addressing table of group numbers + 1 (0: empty). */
 typedef struct {
@@ -1580,11 +1605,20 @@ typedef struct {
     size_t mask;
 } GroupTable;
 
+static uint64_t mix64(uint64_t z) { /* splitmix64's finaliser: every bit reaches the low ones */
+    z ^= z >> 30;
+    z *= 0xBF58476D1CE4E5B9ULL;
+    z ^= z >> 27;
+    z *= 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* Ids of any kind (random, time-ordered, counters) spread over the table's low bits. */
 static size_t group_hash(const uint8_t id[16]) {
     uint64_t a, b;
     memcpy(&a, id, 8);
     memcpy(&b, id + 8, 8);
-    return (size_t)(((a * 0x9E3779B97F4A7C15ULL) ^ b) * 0xC2B2AE3D27D4EB4FULL >> 17);
+    return (size_t)mix64(a ^ mix64(b));
 }
 
 /* copy_digests(buf, fields, order, group, specs) -> list[(group, count, digests)]: buf is
@@ -1653,6 +1687,7 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
     const uint8_t *part[DIGEST_FIELDS_MAX];
     int32_t len[DIGEST_FIELDS_MAX];
     static const uint8_t no_id[16] = {0};
+    int in_order = 1;
     Py_ssize_t off = 19 + (Py_ssize_t)be32(buf + 15);
     for (;;) {
         if (off < 19 || off + 2 > size) {
@@ -1715,16 +1750,39 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
                 h = (size_t)-1;
             }
             rows[count].group = (uint32_t)(groups - 1);
+            out[groups - 1].last = LLONG_MIN;
+            if (groups > DIGEST_IN_ORDER_GROUPS_MAX) {
+                in_order = 0;
+            }
+            for (Py_ssize_t s = 0; in_order && s < nspecs; s++) {
+                SHA256_Init(&out[groups - 1].ctx[s]);
+            }
         } else {
             rows[count].group = table.slot[h] - 1;
         }
-        out[rows[count].group].count++;
+        DigestGroup *g = &out[rows[count].group];
+        g->count++;
         rows[count].order = (long long)be64(part[order]);
         rows[count].off = off;
+        if (in_order) {
+            if (rows[count].order > g->last) {
+                g->last = rows[count].order;
+                hash_row(g->ctx, nspecs, spec, spec_len, part, len);
+            } else {
+                in_order = 0;
+            }
+        }
         count++;
         off = next;
     }
-    if (bad == NULL) {
+    if (bad == NULL && in_order) {
+        for (size_t g = 0; g < groups; g++) {
+            for (Py_ssize_t s = 0; s < nspecs; s++) {
+                SHA256_Final(out[g].digest[s], &out[g].ctx[s]);
+            }
+        }
+    }
+    if (bad == NULL && !in_order) {
         /* The rows of each group together, in the order they came (a stable placement),
          * then each group in order of `order` where it is not already. */
         size_t at = 0;
@@ -1748,7 +1806,7 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
             rows = sorted;
         }
     }
-    for (size_t g = 0; bad == NULL && g < groups; g++) {
+    for (size_t g = 0; bad == NULL && !in_order && g < groups; g++) {
         DigestRow *r = rows + out[g].first;
         size_t n = out[g].count;
         for (size_t i = 1; i < n; i++) {
@@ -1757,23 +1815,16 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
                 break;
             }
         }
-        Sink sink[DIGEST_SPECS_MAX];
+        SHA256_CTX *ctx = out[g].ctx;
         for (Py_ssize_t s = 0; s < nspecs; s++) {
-            SHA256_Init(&sink[s].ctx);
-            sink[s].n = 0;
+            SHA256_Init(&ctx[s]);
         }
         for (size_t i = 0; i < n; i++) {
             copy_fields(buf, size, r[i].off, nfields, part, len);
-            for (Py_ssize_t s = 0; s < nspecs; s++) {
-                for (Py_ssize_t j = 0; j < spec_len[s]; j += 2) {
-                    int f = spec[s][j];
-                    hash_field(&sink[s], spec[s][j + 1], part[f], len[f]);
-                }
-                sink_flush(&sink[s]);
-            }
+            hash_row(ctx, nspecs, spec, spec_len, part, len);
         }
         for (Py_ssize_t s = 0; s < nspecs; s++) {
-            SHA256_Final(out[g].digest[s], &sink[s].ctx);
+            SHA256_Final(out[g].digest[s], &ctx[s]);
         }
     }
     if (bad == NULL && groups == 0 && group < 0) { /* no rows: the digests of nothing */

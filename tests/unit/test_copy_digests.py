@@ -131,3 +131,28 @@ def test_a_buffer_or_spec_that_is_not_as_described_is_a_clear_error(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         _replay.copy_digests(buf, *args)
+
+
+def expected(
+    rows: list[tuple[bytes, int, bytes | None, bytes, bytes]],
+) -> dict[bytes, tuple[int, bytes]]:
+    out: dict[bytes, list[bytes]] = {}
+    for r in sorted(rows, key=lambda r: r[1]):
+        out.setdefault(r[0], []).append(row_bytes(*r))
+    return {g: (len(b), hashlib.sha256(b"".join(b)).digest()) for g, b in out.items()}
+
+
+@pytest.mark.parametrize("case", ["in order", "one late row", "more groups than hashed as read"])
+def test_rows_hashed_as_read_or_placed_first_give_the_same_digests(case: str) -> None:
+    # Rows in position order are hashed as they are read; a row out of order (here the
+    # last), or more groups than that keeps, has them placed by group and sorted instead.
+    groups = [uuid.UUID(int=i * 7919 + 1).bytes for i in range(50)]
+    rows = [(groups[p % 50], p, None, b"t", b"") for p in range(1, 2001)]
+    if case == "one late row":
+        rows.append((groups[3], 0, None, b"late", b""))
+    if case == "more groups than hashed as read":
+        rows = [(uuid.UUID(int=p).bytes, p, None, b"", b"") for p in range(1, 65_540)]
+    got = _replay.copy_digests(
+        copy([[g, i8(p), o, t, r] for g, p, o, t, r in rows]), 5, 1, 0, (SPEC,)
+    )
+    assert {g: (n, d[0]) for g, n, d in got} == expected(rows)
