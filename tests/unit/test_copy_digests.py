@@ -7,6 +7,7 @@ import hashlib
 import random
 import struct
 import uuid
+from collections.abc import Sequence
 
 import pytest
 
@@ -134,7 +135,7 @@ def test_a_buffer_or_spec_that_is_not_as_described_is_a_clear_error(
 
 
 def expected(
-    rows: list[tuple[bytes, int, bytes | None, bytes, bytes]],
+    rows: Sequence[tuple[bytes, int, bytes | None, bytes, bytes]],
 ) -> dict[bytes, tuple[int, bytes]]:
     out: dict[bytes, list[bytes]] = {}
     for r in sorted(rows, key=lambda r: r[1]):
