@@ -1333,6 +1333,111 @@ static PyObject *position_or_none(long long v) {
     return v < 0 ? Py_NewRef(Py_None) : PyLong_FromLongLong(v);
 }
 
+/* A row's canonical bytes as ledger.audit's _ROW_TEXT has PostgreSQL put them together
+ * (concat of the columns' texts), from the columns of a binary COPY: data (json: its text),
+ * event_id (uuid), recorded_at_us (bigint), schema_version (int), stream_id and type
+ * (text), stream_version (bigint), with the position and prev_hash of the row. Returns the
+ * length, or -1 where a column is NULL or not of its type's width (the row then does not
+ * hash, as concat would give other bytes). */
+typedef struct {
+    uint8_t *p;
+    size_t n, cap;
+} Bytes;
+
+static int bytes_room(Bytes *b, size_t more) {
+    if (b->n + more <= b->cap) {
+        return 0;
+    }
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + more) {
+        cap *= 2;
+    }
+    uint8_t *grown = PyMem_RawRealloc(b->p, cap);
+    if (grown == NULL) {
+        return -1;
+    }
+    b->p = grown;
+    b->cap = cap;
+    return 0;
+}
+
+static void put_raw(Bytes *b, const void *s, size_t n) {
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+}
+
+#define PUT_LITERAL(b, s) put_raw((b), (s), sizeof(s) - 1)
+
+static void put_decimal(Bytes *b, long long v) {
+    char digits[24];
+    int n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        digits[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0) {
+        b->p[b->n++] = '-';
+    }
+    while (n > 0) {
+        b->p[b->n++] = (uint8_t)digits[--n];
+    }
+}
+
+static void put_hex(Bytes *b, const uint8_t *s, size_t n) {
+    static const char HEX[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        b->p[b->n++] = (uint8_t)HEX[s[i] >> 4];
+        b->p[b->n++] = (uint8_t)HEX[s[i] & 15];
+    }
+}
+
+enum { C_POSITION, C_PREV, C_HASH, C_DATA, C_EVENT, C_RECORDED, C_SCHEMA, C_STREAM, C_VERSION,
+       C_TYPE, C_FIELDS };
+
+static Py_ssize_t canonical_of(Bytes *b, const uint8_t *const *part, const int32_t *len) {
+    static const int32_t width[C_FIELDS] = {8, -2, -2, -2, 16, 8, 4, -2, 8, -2};
+    for (int f = 0; f < C_FIELDS; f++) {
+        if (len[f] < 0 || (width[f] > 0 && len[f] != width[f])) {
+            return -1;
+        }
+    }
+    b->n = 0;
+    if (bytes_room(b, (size_t)len[C_DATA] + (size_t)len[C_STREAM] + (size_t)len[C_TYPE] +
+                          2 * (size_t)len[C_PREV] + 256) < 0) {
+        return -2;
+    }
+    const uint8_t *u = part[C_EVENT];
+    PUT_LITERAL(b, "{\"data\":");
+    put_raw(b, part[C_DATA], (size_t)len[C_DATA]);
+    PUT_LITERAL(b, ",\"event_id\":\"");
+    put_hex(b, u, 4);
+    b->p[b->n++] = '-';
+    put_hex(b, u + 4, 2);
+    b->p[b->n++] = '-';
+    put_hex(b, u + 6, 2);
+    b->p[b->n++] = '-';
+    put_hex(b, u + 8, 2);
+    b->p[b->n++] = '-';
+    put_hex(b, u + 10, 6);
+    PUT_LITERAL(b, "\",\"position\":");
+    put_decimal(b, (long long)be64(part[C_POSITION]));
+    PUT_LITERAL(b, ",\"prev_hash\":\"");
+    put_hex(b, part[C_PREV], (size_t)len[C_PREV]);
+    PUT_LITERAL(b, "\",\"recorded_at_us\":");
+    put_decimal(b, (long long)be64(part[C_RECORDED]));
+    PUT_LITERAL(b, ",\"schema_version\":");
+    put_decimal(b, (long long)be32(part[C_SCHEMA]));
+    PUT_LITERAL(b, ",\"stream_id\":\"");
+    put_raw(b, part[C_STREAM], (size_t)len[C_STREAM]);
+    PUT_LITERAL(b, "\",\"stream_version\":");
+    put_decimal(b, (long long)be64(part[C_VERSION]));
+    PUT_LITERAL(b, ",\"type\":\"");
+    put_raw(b, part[C_TYPE], (size_t)len[C_TYPE]);
+    PUT_LITERAL(b, "\"}");
+    return (Py_ssize_t)b->n;
+}
+
 /* store_chunk(buf, last_position, last_hash) -> (gap, missing, unchained, unsame, hashes,
  * top): buf is a binary COPY of (position bigint, prev_hash bytea, hash bytea, canonical
  * bytea) in position order. As the SQL check of ledger.audit does it, row by row: the first
@@ -1370,6 +1475,7 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
     long long before = last_position, gap = -1, missing = -1, unchained = -1, unsame = 0;
     size_t count = 0;
     const char *bad = NULL;
+    Bytes built = {NULL, 0, 0};
     Py_BEGIN_ALLOW_THREADS;
     Py_ssize_t off = 19 + (Py_ssize_t)be32(buf + 15);
     for (;;) {
@@ -1382,25 +1488,27 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
         if (fields == -1) {
             break;
         }
-        if (fields != 4 || count >= most) {
-            bad = "store_chunk: a row that is not (position, prev_hash, hash, canonical)";
+        if ((fields != 4 && fields != C_FIELDS) || count >= most) {
+            bad = "store_chunk: a row that is not (position, prev_hash, hash, canonical) or "
+                  "the columns of the canonical bytes";
             break;
         }
-        const uint8_t *part[4];
-        int32_t len[4];
-        for (int f = 0; f < 4; f++) {
+        const uint8_t *part[C_FIELDS];
+        int32_t len[C_FIELDS];
+        for (int f = 0; f < fields; f++) {
             if (off + 4 > size) {
                 bad = "store_chunk: a row cut short";
                 break;
             }
             len[f] = be32(buf + off);
             off += 4;
-            if (len[f] < 0 || off + len[f] > size) {
+            /* in the columns' form, a NULL column is a row that does not hash */
+            if (len[f] < (fields == C_FIELDS && f >= 3 ? -1 : 0) || off + len[f] > size) {
                 bad = "store_chunk: a NULL or a value cut short";
                 break;
             }
             part[f] = buf + off;
-            off += len[f];
+            off += len[f] > 0 ? len[f] : 0;
         }
         if (bad != NULL) {
             break;
@@ -1422,12 +1530,22 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
         uint8_t *slot = hashes + count * SHA256_DIGEST_LENGTH;
         memset(slot, 0, SHA256_DIGEST_LENGTH);
         memcpy(slot, part[2], len[2] < SHA256_DIGEST_LENGTH ? (size_t)len[2] : SHA256_DIGEST_LENGTH);
-        if (hashes_ok) {
+        const uint8_t *canonical = part[3];
+        Py_ssize_t canonical_n = len[3];
+        if (fields == C_FIELDS) {
+            canonical_n = canonical_of(&built, part, len);
+            if (canonical_n == -2) {
+                bad = "";
+                break;
+            }
+            canonical = built.p;
+        }
+        if (hashes_ok && canonical_n >= 0) {
             SHA256_CTX ctx;
             uint8_t digest[SHA256_DIGEST_LENGTH];
             SHA256_Init(&ctx);
             SHA256_Update(&ctx, part[1], SHA256_DIGEST_LENGTH);
-            SHA256_Update(&ctx, part[3], (size_t)len[3]);
+            SHA256_Update(&ctx, canonical, (size_t)canonical_n);
             SHA256_Final(digest, &ctx);
             if (memcmp(digest, part[2], SHA256_DIGEST_LENGTH) != 0) {
                 unsame++;
@@ -1441,8 +1559,12 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);
+    PyMem_RawFree(built.p);
     if (bad != NULL) {
         PyMem_RawFree(hashes);
+        if (bad[0] == '\0') {
+            return PyErr_NoMemory();
+        }
         PyErr_SetString(PyExc_ValueError, bad);
         return NULL;
     }

@@ -13,15 +13,16 @@ What is checked, in this order (the first finding is reported with its location)
    balances after that each event carries. This is a second, independent implementation
    of the ledger's arithmetic (the node uses :func:`ledger.domain.evolve`; ``--domain``
    runs that too and compares the two).
-3. **The event store**: each ``events`` row is checked against its own hash (PostgreSQL
-   puts the canonical bytes together from the row, so an edited column is caught even if
-   the stored hash was left alone) and the chain, a chunk of positions at a time, while
-   the WAL is read: a binary COPY of each chunk's canonical bytes is hashed here by the
-   native extension without the interpreter lock (or, without the extension, PostgreSQL
-   hashes them and sends only the hashes); the main process compares the stored hashes
-   with the WAL's, position by position. Equal hashes on a verified chain mean equal ids
-   and contents. A row that PostgreSQL cannot put together as it was hashed (written
-   before ``data`` became ``json``) is hashed again in Python before it is reported.
+3. **The event store**: each ``events`` row is checked against its own hash (its
+   canonical bytes are put together again from the row's columns, so an edited column is
+   caught even if the stored hash was left alone) and the chain, a chunk of positions at
+   a time, while the WAL is read: a binary COPY of each chunk's rows is checked here by
+   the native extension without the interpreter lock (or, without the extension,
+   PostgreSQL puts the bytes together, hashes them and sends only the hashes); the main
+   process compares the stored hashes with the WAL's, position by position. Equal hashes
+   on a verified chain mean equal ids and contents. A row whose columns, put together as
+   they are, do not give the bytes it was hashed from (written before ``data`` became
+   ``json``) is hashed again in Python before it is reported.
 4. **The read models** of the book, when their checkpoints are at the WAL's last
    position: every account's balances, every entry, every transfer and the trial
    balance. Entries are compared as one sha256 per account over all its rows in position
@@ -819,8 +820,8 @@ def _verify_store(database_url: str, book_id: str, out: Any, stop: Any = None) -
     one chunk of ``CHUNK_POSITIONS`` positions per statement (:func:`_store_chunk`), in
     one snapshot; this sends ``("chunk", index, hashes)`` per chunk, then
     ``("done", count, None)`` or ``("finding", where, what)``. Rows that do not hash as
-    PostgreSQL puts them together are hashed again here from their parsed fields, and
-    only reported if that fails too."""
+    their columns put together as they are give them are hashed again here from their
+    parsed fields, and only reported if that fails too."""
     import psycopg
 
     from projections.tracking import dsn
@@ -883,14 +884,17 @@ def _verify_store(database_url: str, book_id: str, out: Any, stop: Any = None) -
 
 
 _STORE_COPY_SQL: Final = (
-    f"COPY (SELECT position, prev_hash, hash, textsend({_ROW_TEXT}) FROM events "
+    "COPY (SELECT position, prev_hash, hash, data, event_id, recorded_at_us, schema_version, "
+    "stream_id, stream_version, type FROM events "
     "WHERE book_id = %(book)s AND position BETWEEN %(lo)s AND %(hi)s ORDER BY position) "
     "TO STDOUT (FORMAT binary)"
 )
-"""One chunk's rows as PostgreSQL puts their canonical bytes together, for the native
-check (``_replay.store_chunk``): the same findings as :data:`_STORE_CHUNK_SQL`, with the
-sha256 done here (OpenSSL) and not by PostgreSQL, whose own can be several times slower
-(a build without OpenSSL hashes at about 270 MB/s)."""
+"""One chunk's rows as they are stored, for the native check (``_replay.store_chunk``):
+the same findings as :data:`_STORE_CHUNK_SQL`. The extension puts each row's canonical
+bytes together from its columns as :data:`_ROW_TEXT` has PostgreSQL do it (for
+PostgreSQL, sending the columns costs about a third of putting that text together) and
+hashes them with OpenSSL, which is several times faster than the sha256 of a PostgreSQL
+built without it (about 270 MB/s)."""
 
 
 def _store_chunk_sql(conn: Any, params: dict[str, Any]) -> tuple[Any, ...]:
@@ -899,8 +903,8 @@ def _store_chunk_sql(conn: Any, params: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _store_chunk_native(conn: Any, params: dict[str, Any]) -> tuple[Any, ...]:
-    """The same, from a binary COPY of the chunk checked here without the interpreter lock:
-    PostgreSQL only puts each row's canonical bytes together."""
+    """The same, from a binary COPY of the chunk's rows checked here without the
+    interpreter lock: PostgreSQL only reads the rows out."""
     from ledger.pgcopy import copy_out
 
     buf = copy_out(conn, _STORE_COPY_SQL, params)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import uuid
 
+import orjson
 import pytest
 
 from ledger import _replay
+from ledger.application.records import canonical_bytes
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
@@ -90,3 +93,85 @@ def test_a_broken_buffer_is_an_error_not_a_finding(buf: bytes) -> None:
 def test_a_last_hash_of_the_wrong_size_is_refused() -> None:
     with pytest.raises(ValueError, match="bad last hash"):
         _replay.store_chunk(HEADER + TRAILER, 0, b"short")
+
+
+# The columns' form: (position, prev_hash, hash, data, event_id, recorded_at_us,
+# schema_version, stream_id, stream_version, type), as the audit's COPY sends them; the
+# extension puts the canonical bytes together as the node does (canonical_bytes).
+
+
+def column_row(
+    position: int,
+    prev: bytes,
+    *,
+    recorded_at_us: int = 1_700_000_000_123_456,
+    schema_version: int = 1,
+    stream_version: int = 3,
+    data: dict[str, object] | None = None,
+    nulls: tuple[int, ...] = (),
+    stored: bytes | None = None,
+) -> tuple[bytes, bytes]:
+    event_id = uuid.UUID(int=position * 0x9E3779B97F4A7C15 % (1 << 128))
+    data = data if data is not None else {"amount_minor": position, "memo": "é ☃"}
+    canonical = canonical_bytes(
+        position,
+        event_id,
+        f"account-{position}",
+        stream_version,
+        "TransferCreated",
+        schema_version,
+        recorded_at_us,
+        data,
+        prev,
+    )
+    digest = hashlib.sha256(prev + canonical).digest()
+    fields: list[bytes | None] = [
+        struct.pack(">q", position),
+        prev,
+        stored if stored is not None else digest,
+        orjson.dumps(data),
+        event_id.bytes,
+        struct.pack(">q", recorded_at_us),
+        struct.pack(">i", schema_version),
+        f"account-{position}".encode(),
+        struct.pack(">q", stream_version),
+        b"TransferCreated",
+    ]
+    for n in nulls:
+        fields[n] = None
+    body = b"".join(
+        struct.pack(">i", -1) if f is None else struct.pack(">i", len(f)) + f for f in fields
+    )
+    return struct.pack(">h", len(fields)) + body, digest
+
+
+def test_rows_of_columns_hash_as_the_node_put_them_together() -> None:
+    prev, rows, hashes = GENESIS, [], []
+    for p, extra in enumerate(
+        [
+            {},
+            {"recorded_at_us": -5, "schema_version": -2},
+            {"stream_version": 0},
+            {"data": {}},
+            {"recorded_at_us": 2**63 - 1},
+        ],
+        start=1,
+    ):
+        r, prev = column_row(p, prev, **extra)  # type: ignore[arg-type]
+        rows.append(r)
+        hashes.append(prev)
+    got = _replay.store_chunk(HEADER + b"".join(rows) + TRAILER, 0, GENESIS)
+    assert got == (None, None, None, 0, b"".join(hashes), 5)
+
+
+def test_an_edited_or_null_column_makes_the_row_not_hash() -> None:
+    first, h1 = column_row(1, GENESIS)
+    _, h2 = column_row(2, h1)
+    # Row 2's schema_version edited after it was hashed; row 3 with a NULL stream_id.
+    edited, _ = column_row(2, h1, schema_version=2, stored=h2)
+    null, _ = column_row(3, h2, nulls=(7,))
+    _, _, unchained, unsame, hashes, top = _replay.store_chunk(
+        HEADER + first + edited + null + TRAILER, 0, GENESIS
+    )
+    assert (unchained, unsame, top) == (None, 2, 3)
+    assert hashes[32:64] == h2
