@@ -555,11 +555,39 @@ typedef struct {
     uint64_t hash;
     PyObject *key;  /* the str key of the accounts dict */
     PyObject *list; /* its value */
+    /* Within one apply_records call, the account's numbers are kept here and written
+     * back to its list when the call returns: read in call `gen`; `dirty` once changed. */
+    unsigned long gen;
+    int dirty;
+    long long b[4], entries, sum, last;
 } Slot;
 
 static Slot *slots;
 static size_t slots_cap, slots_used;
 static PyObject *slots_owner; /* the accounts dict the table describes (strong ref) */
+static unsigned long slots_gen = 1; /* the apply_records call: values of another are stale */
+static size_t *dirty;               /* the slots changed in this call (indices) */
+static size_t dirty_n;
+
+static int set_int(PyObject *list, Py_ssize_t i, long long v);
+
+/* Write the changed accounts' numbers back to their lists (before any return to Python,
+ * which reads and changes the lists: the reference applies the records this code leaves
+ * to it). */
+static int slots_flush(void) {
+    int failed = 0;
+    for (size_t i = 0; i < dirty_n; i++) {
+        Slot *t = &slots[dirty[i]];
+        for (int k = 0; k < 4 && !failed; k++) {
+            failed = set_int(t->list, k, t->b[k]) < 0;
+        }
+        failed = failed || set_int(t->list, 6, t->entries) < 0 ||
+                 set_int(t->list, 7, t->sum) < 0 || set_int(t->list, 8, t->last) < 0;
+        t->dirty = 0;
+    }
+    dirty_n = 0;
+    return failed ? -1 : 0;
+}
 
 static uint64_t fnv1a(const char *s, Py_ssize_t n) {
     uint64_t h = 1469598103934665603ULL;
@@ -575,15 +603,25 @@ static void slots_reset(void) {
         Py_XDECREF(slots[i].list);
     }
     PyMem_Free(slots);
+    PyMem_Free(dirty);
     slots = NULL;
-    slots_cap = slots_used = 0;
+    dirty = NULL;
+    slots_cap = slots_used = dirty_n = 0;
     Py_CLEAR(slots_owner);
 }
 
 static int slots_grow(void) {
     size_t cap = slots_cap ? slots_cap * 2 : 1024;
+    if (slots_flush() < 0) { /* the dirty list names slots by where they are now */
+        return -1;
+    }
     Slot *grown = PyMem_Calloc(cap, sizeof(Slot));
-    if (grown == NULL) {
+    size_t *grown_dirty = PyMem_Realloc(dirty, cap * sizeof(size_t));
+    if (grown_dirty != NULL) {
+        dirty = grown_dirty;
+    }
+    if (grown == NULL || grown_dirty == NULL) {
+        PyMem_Free(grown);
         PyErr_NoMemory();
         return -1;
     }
@@ -602,25 +640,27 @@ static int slots_grow(void) {
     return 0;
 }
 
-/* The account named by f (its dict key in *key, borrowed), NULL if there is none (no
- * error) or on error (error set). */
-static PyObject *account_named(PyObject *accounts, const Field *f, PyObject **key) {
+/* Room for two more accounts, so that the look-ups of one event move no slot; and the
+ * table of this accounts dict. -1 on error. */
+static int slots_ready(PyObject *accounts) {
     if (slots_owner != accounts) {
         slots_reset();
         Py_INCREF(accounts);
         slots_owner = accounts;
     }
-    if (slots_used * 2 >= slots_cap && slots_grow() < 0) {
-        return NULL;
-    }
+    return (slots_used + 2) * 2 > slots_cap ? slots_grow() : 0;
+}
+
+/* The slot of the account named by f, NULL if there is none (no error) or on error (error
+ * set). Call slots_ready first. */
+static Slot *account_named(PyObject *accounts, const Field *f) {
     uint64_t h = fnv1a(f->s, f->n);
     size_t i = h & (slots_cap - 1);
     while (slots[i].key != NULL) {
         PyObject *k = slots[i].key;
         if (slots[i].hash == h && PyUnicode_GET_LENGTH(k) == f->n &&
             memcmp(PyUnicode_DATA(k), f->s, (size_t)f->n) == 0) {
-            *key = k;
-            return slots[i].list;
+            return &slots[i];
         }
         i = (i + 1) & (slots_cap - 1);
     }
@@ -638,9 +678,36 @@ static PyObject *account_named(PyObject *accounts, const Field *f, PyObject **ke
     slots[i].hash = h;
     slots[i].key = k;
     slots[i].list = list;
+    slots[i].gen = 0;
+    slots[i].dirty = 0;
     slots_used++;
-    *key = k;
-    return list;
+    return &slots[i];
+}
+
+/* The account's numbers in its slot, read from its list once per call; 0 if the list is
+ * not of the shape this code writes (the reference then applies the record). */
+static int slot_load(Slot *t) {
+    if (t->gen == slots_gen) {
+        return 1;
+    }
+    if (!account_of(t->list, t->b, &t->entries, &t->sum)) {
+        return 0;
+    }
+    t->gen = slots_gen;
+    t->dirty = 0;
+    return 1;
+}
+
+static void slot_changed(Slot *t, const long long b[4], long long entries, long long sum,
+                         long long last) {
+    memcpy(t->b, b, 4 * sizeof(long long));
+    t->entries = entries;
+    t->sum = sum;
+    t->last = last;
+    if (!t->dirty) {
+        t->dirty = 1;
+        dirty[dirty_n++] = (size_t)(t - slots);
+    }
 }
 
 /* The few ledger names, made once each. */
@@ -848,6 +915,103 @@ typedef struct {
  * set_metadata_bytes; without it such a record is left to the reference). */
 static PyObject *metadata_fn = NULL;
 
+#define METADATA_PAIRS_MAX 32
+#define METADATA_BYTES_MAX 2048
+
+typedef struct {
+    const char *key, *value; /* value NULL: not a string */
+    Py_ssize_t key_n, value_n;
+} MetaPair;
+
+typedef struct {
+    MetaPair pair[METADATA_PAIRS_MAX];
+    int n;
+} MetaPairs;
+
+static const char *meta_member(void *ctx, const char *k, Py_ssize_t n, const char *p,
+                               const char *end) {
+    MetaPairs *m = ctx;
+    if (m->n == METADATA_PAIRS_MAX) {
+        return NULL;
+    }
+    MetaPair *t = &m->pair[m->n++];
+    t->key = k;
+    t->key_n = n;
+    t->value = NULL;
+    if (p < end && *p == '"') {
+        int esc = 0;
+        p = read_string(p, end, &t->value, &t->value_n, &esc);
+        return esc ? NULL : p;
+    }
+    return skip_value(p, end, 1);
+}
+
+static int meta_key_cmp(const MetaPair *a, const MetaPair *b) {
+    Py_ssize_t n = a->key_n < b->key_n ? a->key_n : b->key_n;
+    int c = memcmp(a->key, b->key, (size_t)n);
+    return c != 0 ? c : (a->key_n > b->key_n) - (a->key_n < b->key_n);
+}
+
+static uint8_t *put_u32(uint8_t *p, size_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+    return p + 4;
+}
+
+/* _metadata_bytes here, for the metadata this code reads without the reference: an object
+ * whose keys and string values need no unescaping, no key given twice, a few pairs in
+ * all. Returns the length written to out, or -1 to leave it to _metadata_bytes. */
+static Py_ssize_t metadata_bytes(const char *s, Py_ssize_t n, uint8_t *out) {
+    MetaPairs m;
+    m.n = 0;
+    const char *end = s + n;
+    const char *p = read_object(skip_ws(s, end), end, meta_member, &m);
+    if (p == NULL || skip_ws(p, end) != end) {
+        return -1;
+    }
+    if (m.n == 0) {
+        out[0] = 0;
+        return 1;
+    }
+    for (int i = 1; i < m.n; i++) { /* insertion sort: a few pairs */
+        MetaPair t = m.pair[i];
+        int j = i - 1;
+        while (j >= 0 && meta_key_cmp(&m.pair[j], &t) > 0) {
+            m.pair[j + 1] = m.pair[j];
+            j--;
+        }
+        m.pair[j + 1] = t;
+    }
+    size_t size = 1;
+    for (int i = 0; i < m.n; i++) {
+        if (i > 0 && meta_key_cmp(&m.pair[i - 1], &m.pair[i]) == 0) {
+            return -1; /* a key twice: the reference keeps the last, as orjson does */
+        }
+        size += 4 + (size_t)m.pair[i].key_n + (m.pair[i].value ? 4 + (size_t)m.pair[i].value_n : 1);
+    }
+    if (size > METADATA_BYTES_MAX) {
+        return -1;
+    }
+    uint8_t *q = out;
+    *q++ = 1;
+    for (int i = 0; i < m.n; i++) {
+        const MetaPair *t = &m.pair[i];
+        q = put_u32(q, (size_t)t->key_n);
+        memcpy(q, t->key, (size_t)t->key_n);
+        q += t->key_n;
+        if (t->value != NULL) {
+            q = put_u32(q, (size_t)t->value_n);
+            memcpy(q, t->value, (size_t)t->value_n);
+            q += t->value_n;
+        } else {
+            *q++ = 0xff;
+        }
+    }
+    return q - out;
+}
+
 /* Apply one decoded transfer event at `position`: 1 applied, 0 left to the reference
  * (nothing changed), -1 error. */
 static int apply(Books *books, const Envelope *e, int kind, long long position) {
@@ -869,22 +1033,27 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
         PyErr_Clear(); /* not UTF-8: the reference says so */
         goto done;
     }
-    PyObject *debit = account_named(books->accounts, &d->debit_id, &debit_key);
-    PyObject *credit =
-        debit ? account_named(books->accounts, &d->credit_id, &credit_key) : NULL;
+    if (slots_ready(books->accounts) < 0) {
+        result = -1;
+        goto done;
+    }
+    Slot *ds = account_named(books->accounts, &d->debit_id);
+    Slot *cs = ds ? account_named(books->accounts, &d->credit_id) : NULL;
     if (PyErr_Occurred()) {
         result = -1;
         goto done;
     }
-    long long db[4], cb[4], d_entries, d_sum, c_entries, c_sum;
-    if (debit == NULL || credit == NULL || debit == credit ||
-        !account_of(debit, db, &d_entries, &d_sum) ||
-        !account_of(credit, cb, &c_entries, &c_sum)) {
+    if (ds == NULL || cs == NULL || ds == cs || !slot_load(ds) || !slot_load(cs)) {
         goto done;
     }
-    long long db_old[4], cb_old[4];
-    memcpy(db_old, db, sizeof(db));
-    memcpy(cb_old, cb, sizeof(cb));
+    PyObject *debit = ds->list, *credit = cs->list;
+    debit_key = ds->key;
+    credit_key = cs->key;
+    long long db[4], cb[4];
+    long long d_entries = ds->entries, d_sum = ds->sum, c_entries = cs->entries,
+              c_sum = cs->sum;
+    memcpy(db, ds->b, sizeof(db));
+    memcpy(cb, cs->b, sizeof(cb));
     PyObject *hold = NULL;
     long long held = 0;
     int ok = 1;
@@ -948,6 +1117,8 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
     /* The transfers row this event writes (an expiry writes none). */
     uint8_t row[TRANSFER_BYTES_MAX];
     Py_ssize_t row_n = 0;
+    uint8_t meta_bytes[METADATA_BYTES_MAX];
+    Py_ssize_t meta_n = -1;
     if (kind != T_EXPIRED) {
         int hold_created = kind == T_CREATED && d->flags == 2;
         if (!d->has_code || d->code < INT32_MIN || d->code > INT32_MAX ||
@@ -964,6 +1135,9 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
             goto done;
         }
         if (d->metadata.kind == 3) {
+            meta_n = metadata_bytes(d->metadata.s, d->metadata.n, meta_bytes);
+        }
+        if (d->metadata.kind == 3 && meta_n < 0) {
             meta = PyObject_CallFunction(metadata_fn, "y#", d->metadata.s, d->metadata.n);
             if (meta == NULL || !PyBytes_Check(meta)) {
                 if (meta != NULL) {
@@ -984,9 +1158,10 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
         hash_update(PyList_GET_ITEM(credit, 9), credit_entry, credit_n) < 0 ||
         (row_n > 0 && hash_update(books->rows, row, row_n) < 0) ||
         (row_n > 0 && hash_update(books->rows,
-                                  meta ? (const uint8_t *)PyBytes_AS_STRING(meta)
-                                       : (const uint8_t *)"",
-                                  meta ? PyBytes_GET_SIZE(meta) : 1) < 0)) {
+                                  meta        ? (const uint8_t *)PyBytes_AS_STRING(meta)
+                                  : meta_n > 0 ? meta_bytes
+                                              : (const uint8_t *)"",
+                                  meta ? PyBytes_GET_SIZE(meta) : meta_n > 0 ? meta_n : 1) < 0)) {
         result = -1;
         goto done;
     }
@@ -1026,23 +1201,9 @@ static int apply(Books *books, const Envelope *e, int kind, long long position) 
             goto done;
         }
     }
-    PyObject *position_obj = PyLong_FromLongLong(position);
-    if (position_obj == NULL) {
-        result = -1;
-        goto done;
-    }
-    int failed = 0;
-    for (int i = 0; i < 4 && !failed; i++) {
-        failed = (db[i] != db_old[i] && set_int(debit, i, db[i]) < 0) ||
-                 (cb[i] != cb_old[i] && set_int(credit, i, cb[i]) < 0);
-    }
-    failed = failed || set_int(debit, 6, d_entries + 1) < 0 || set_int(debit, 7, d_sum) < 0 ||
-             set_obj(debit, 8, position_obj) < 0 || set_int(credit, 6, c_entries + 1) < 0 ||
-             set_int(credit, 7, c_sum) < 0 || set_obj(credit, 8, position_obj) < 0;
-    Py_DECREF(position_obj);
-    if (!failed && record != NULL) {
-        failed = PyDict_SetItem(books->transfers, transfer_key, record) < 0;
-    }
+    slot_changed(ds, db, d_entries + 1, d_sum, position);
+    slot_changed(cs, cb, c_entries + 1, c_sum, position);
+    int failed = record != NULL && PyDict_SetItem(books->transfers, transfer_key, record) < 0;
     result = failed ? -1 : 1;
 done:
     Py_XDECREF(meta);
@@ -1161,6 +1322,7 @@ static PyObject *py_apply_records(PyObject *self, PyObject *args) {
     }
     const uint8_t *buf = view.buf;
     Py_ssize_t size = view.len;
+    slots_gen++; /* the lists may have changed since the last call: read them again */
     /* Records parsed beforehand are used only if they were read from this very buffer
      * and at the same offsets; any other record is read here. */
     const Parsed *parsed = NULL;
@@ -1192,6 +1354,7 @@ static PyObject *py_apply_records(PyObject *self, PyObject *args) {
         int r = apply(&books, &rec->e, rec->kind, position + 1);
         if (r < 0) {
             PyBuffer_Release(&view);
+            slots_flush(); /* what was applied stays applied; the error is reported */
             return NULL;
         }
         if (r == 0) {
@@ -1202,6 +1365,7 @@ static PyObject *py_apply_records(PyObject *self, PyObject *args) {
         if (digest == NULL || PyList_Append(hashes, digest) < 0) {
             Py_XDECREF(digest);
             PyBuffer_Release(&view);
+            slots_flush();
             return NULL;
         }
         Py_DECREF(digest);
@@ -1210,6 +1374,9 @@ static PyObject *py_apply_records(PyObject *self, PyObject *args) {
         applied++;
     }
     PyBuffer_Release(&view);
+    if (slots_flush() < 0) {
+        return NULL;
+    }
     return Py_BuildValue("nLn", offset, position, applied);
 }
 
@@ -1297,6 +1464,22 @@ static PyObject *py_transfer_states(PyObject *self, PyObject *transfers) {
     unsigned char out[SHA256_DIGEST_LENGTH];
     SHA256_Final(out, &ctx);
     return PyBytes_FromStringAndSize((const char *)out, SHA256_DIGEST_LENGTH);
+}
+
+/* metadata_bytes(raw) -> bytes | None: what the pass hashes for a transfer's metadata
+ * (raw JSON), or None where it calls _metadata_bytes. */
+static PyObject *py_metadata_bytes(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    uint8_t out[METADATA_BYTES_MAX];
+    Py_ssize_t n = metadata_bytes(view.buf, view.len, out);
+    PyBuffer_Release(&view);
+    if (n < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyBytes_FromStringAndSize((const char *)out, n);
 }
 
 static PyObject *py_forget(PyObject *self, PyObject *unused) {
@@ -2007,6 +2190,9 @@ static PyMethodDef methods[] = {
     {"transfer_states", py_transfer_states, METH_O,
      "transfer_states(transfers) -> bytes | None: the sha256 of the transfers' states, "
      "or None for a value left to the reference"},
+    {"metadata_bytes", py_metadata_bytes, METH_O,
+     "metadata_bytes(raw) -> bytes | None: a transfer's metadata as the pass hashes it, or "
+     "None where _metadata_bytes gives it"},
     {"set_metadata_bytes", py_set_metadata_bytes, METH_O,
      "set_metadata_bytes(fn) -> None: fn(raw JSON) gives the hashed bytes of a transfer's "
      "metadata that is not {}"},
