@@ -59,6 +59,42 @@ typedef struct {
     size_t len, cap;
 } Buffer;
 
+/* CopyData: the COPY's bytes, in the memory they were gathered in (no copy into a bytes
+ * object); read through the buffer protocol (bytes(), memoryview, the audit's parsers). */
+typedef struct {
+    PyObject_HEAD char *data;
+    Py_ssize_t len;
+} CopyData;
+
+/* Read-only and never changed: a view holds a reference, which keeps the memory. */
+static int copy_data_getbuffer(CopyData *self, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->data ? self->data : "", self->len, 1,
+                             flags);
+}
+
+static void copy_data_dealloc(CopyData *self) {
+    PyMem_RawFree(self->data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t copy_data_length(CopyData *self) { return self->len; }
+
+static PyBufferProcs copy_data_as_buffer = {(getbufferproc)copy_data_getbuffer, NULL};
+
+static PySequenceMethods copy_data_as_sequence = {
+    .sq_length = (lenfunc)copy_data_length,
+};
+
+static PyTypeObject CopyDataType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ledger._pgcopy.CopyData",
+    .tp_basicsize = sizeof(CopyData),
+    .tp_dealloc = (destructor)copy_data_dealloc,
+    .tp_as_buffer = &copy_data_as_buffer,
+    .tp_as_sequence = &copy_data_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The bytes of a COPY read by copy_out (a read-only buffer).",
+};
+
 static int buffer_add(Buffer *b, const char *p, size_t n) {
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : (size_t)1 << 20;
@@ -96,14 +132,16 @@ static void drain_results(PGconn *conn, char *err, size_t size) {
     }
 }
 
-/* copy_out(pgconn_ptr, query) -> bytes: send query (a COPY ... TO STDOUT, its parameters
- * already in it) and return every data message of the COPY end to end. The connection is
- * left idle, as after any statement; an error raises CopyError with the server's message,
- * once the connection has been read to its end. */
+/* copy_out(pgconn_ptr, query, size_hint=0) -> CopyData: send query (a COPY ... TO
+ * STDOUT, its parameters already in it) and return every data message of the COPY end to
+ * end, gathered in a buffer of size_hint bytes to begin with. The connection is left
+ * idle, as after any statement; an error raises CopyError with the server's message, once
+ * the connection has been read to its end. */
 static PyObject *py_copy_out(PyObject *self, PyObject *args) {
     unsigned long long address;
     const char *query;
-    if (!PyArg_ParseTuple(args, "Ky:copy_out", &address, &query)) {
+    Py_ssize_t hint = 0;
+    if (!PyArg_ParseTuple(args, "Ky|n:copy_out", &address, &query, &hint)) {
         return NULL;
     }
     if (pq_get_copy_data == NULL) {
@@ -118,6 +156,10 @@ static PyObject *py_copy_out(PyObject *self, PyObject *args) {
     Buffer out = {NULL, 0, 0};
     char err[1024] = "";
     int nomem = 0;
+    if (hint > 0) {
+        out.data = PyMem_RawMalloc((size_t)hint);
+        out.cap = out.data ? (size_t)hint : 0;
+    }
     Py_BEGIN_ALLOW_THREADS;
     if (!pq_send_query(conn, query)) {
         keep_error(err, sizeof err, pq_error_message(conn));
@@ -169,9 +211,14 @@ static PyObject *py_copy_out(PyObject *self, PyObject *args) {
         PyErr_SetString(CopyError, err);
         return NULL;
     }
-    PyObject *result = PyBytes_FromStringAndSize(out.data ? out.data : "", (Py_ssize_t)out.len);
-    PyMem_RawFree(out.data);
-    return result;
+    CopyData *result = PyObject_New(CopyData, &CopyDataType);
+    if (result == NULL) {
+        PyMem_RawFree(out.data);
+        return NULL;
+    }
+    result->data = out.data;
+    result->len = (Py_ssize_t)out.len;
+    return (PyObject *)result;
 }
 
 static PyMethodDef methods[] = {
@@ -179,8 +226,8 @@ static PyMethodDef methods[] = {
      "bind((PQsendQuery, PQgetResult, PQresultStatus, PQresultErrorMessage, PQclear, "
      "PQgetCopyData, PQfreemem, PQerrorMessage)) -> None: libpq's function addresses"},
     {"copy_out", py_copy_out, METH_VARARGS,
-     "copy_out(pgconn_ptr, query) -> bytes: a COPY ... TO STDOUT read whole, without the "
-     "interpreter lock"},
+     "copy_out(pgconn_ptr, query, size_hint=0) -> CopyData: a COPY ... TO STDOUT read "
+     "whole, without the interpreter lock"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -190,8 +237,15 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__pgcopy(void) {
+    if (PyType_Ready(&CopyDataType) < 0) {
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "CopyData", (PyObject *)&CopyDataType) < 0) {
+        Py_DECREF(m);
         return NULL;
     }
     CopyError = PyErr_NewException("ledger._pgcopy.CopyError", PyExc_RuntimeError, NULL);

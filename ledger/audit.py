@@ -835,18 +835,21 @@ def _verify_store(database_url: str, book_id: str, out: Any, stop: Any = None) -
             ).fetchone()
             last = int(row[0]) if row and row[0] is not None else 0
             last_position, last_hash = 0, GENESIS_HASH
+            size = 0  # the bytes of the chunk before (the native way's buffer starts so)
             for index in range((last + chunk_size - 1) // chunk_size):
                 if stop is not None and stop.is_set():
                     return
                 lo, hi = index * chunk_size + 1, (index + 1) * chunk_size
-                params = {
+                params: dict[str, Any] = {
                     "book": book_id,
                     "lo": lo,
                     "hi": hi,
                     "last_position": last_position,
                     "last_hash": last_hash,
+                    "size": size,
                 }
                 gap, missing, unchained, unsame, hashes, top = _store_chunk(conn, params)
+                size = params["size"]
                 if gap is None and (top or 0) < hi < last:
                     # The chunk's last positions are missing: found at the next row.
                     after = conn.execute(
@@ -907,7 +910,9 @@ def _store_chunk_native(conn: Any, params: dict[str, Any]) -> tuple[Any, ...]:
     interpreter lock: PostgreSQL only reads the rows out."""
     from ledger.pgcopy import copy_out
 
-    buf = copy_out(conn, _STORE_COPY_SQL, params)
+    # Sized as the chunk before it (params["size"]), so that the buffer seldom grows.
+    buf = copy_out(conn, _STORE_COPY_SQL, params, size_hint=params["size"] + (1 << 16))
+    params["size"] = len(memoryview(buf))
     return tuple(_native_books.store_chunk(buf, params["last_position"], params["last_hash"]))
 
 

@@ -4,8 +4,8 @@ psycopg gives Python every COPY row as its own message, a few microseconds each:
 audit's hundreds of thousands of rows that costs more than the work done with them, and
 it holds the interpreter lock the WAL pass needs. :func:`copy_out` has the native module
 ``ledger._pgcopy`` read the whole COPY through the libpq that psycopg itself has loaded,
-without the lock, and returns its data messages end to end: the same bytes as joining
-what iterating psycopg's ``Copy`` gives.
+without the lock, and returns its data messages end to end, in the memory they were
+gathered in: the same bytes as joining what iterating psycopg's ``Copy`` gives.
 
 The native path needs the extension and exactly one libpq mapped in this process (found
 in ``/proc/self/maps``, opened with ``RTLD_NOLOAD`` so that it is the same copy psycopg
@@ -19,9 +19,12 @@ import ctypes
 import os
 import threading
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 try:
     from ledger import _pgcopy
@@ -97,9 +100,13 @@ def native() -> bool:
     return _bind()
 
 
-def copy_out(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> bytes:
+def copy_out(
+    conn: psycopg.Connection[Any], sql: str, params: Any = None, *, size_hint: int = 0
+) -> Buffer:
     """Run ``sql`` (a ``COPY ... TO STDOUT``, with psycopg's ``%s``/``%(name)s``
-    placeholders filled in on this side, as ``cursor.copy`` does) and return its data.
+    placeholders filled in on this side, as ``cursor.copy`` does) and return its data: a
+    read-only buffer (``bytes()`` of it gives the bytes), gathered natively in memory of
+    ``size_hint`` bytes to begin with (it grows as needed).
 
     On a connection that is not in autocommit and has no transaction open, psycopg would
     open one first: that case takes psycopg's way, so that the COPY is in the transaction
@@ -111,7 +118,7 @@ def copy_out(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> byt
     query = psycopg.ClientCursor(conn).mogrify(sql, params) if params is not None else sql
     with conn.lock:
         try:
-            data: bytes = _pgcopy.copy_out(_pgconn_ptr(conn), query.encode(conn.info.encoding))
+            data = _pgcopy.copy_out(_pgconn_ptr(conn), query.encode(conn.info.encoding), size_hint)
         except _pgcopy.CopyError as exc:
             raise CopyFailed(str(exc)) from None
     return data

@@ -37,8 +37,10 @@ def test_a_copy_gives_the_same_bytes_as_psycopg(database_url: str, fmt: str) -> 
     sql = SERIES if fmt == "text" else SERIES.replace("TO STDOUT", "TO STDOUT (FORMAT binary)")
     params = {"lo": 1, "hi": 50_000}
     with psycopg.connect(dsn(database_url), autocommit=True) as conn:
-        got = pgcopy.copy_out(conn, sql, params)
+        got = bytes(pgcopy.copy_out(conn, sql, params))
         assert got == psycopg_copy(conn, sql, params)
+        hinted = pgcopy.copy_out(conn, sql, params, size_hint=len(got) // 3)
+        assert bytes(hinted) == got and len(memoryview(hinted)) == len(got)
         assert len(got) > 1_000_000  # more than one buffer's growth
         assert got.count(b"\n") == 50_000 if fmt == "text" else got.startswith(b"PGCOPY\n")
         # The connection is idle again and takes the next statement.
@@ -47,8 +49,8 @@ def test_a_copy_gives_the_same_bytes_as_psycopg(database_url: str, fmt: str) -> 
 
 def test_an_empty_copy_and_a_parameterless_one(database_url: str) -> None:
     with psycopg.connect(dsn(database_url), autocommit=True) as conn:
-        assert pgcopy.copy_out(conn, "COPY (SELECT 1 WHERE false) TO STDOUT") == b""
-        assert pgcopy.copy_out(conn, "COPY (SELECT 'it''s') TO STDOUT") == b"it's\n"
+        assert bytes(pgcopy.copy_out(conn, "COPY (SELECT 1 WHERE false) TO STDOUT")) == b""
+        assert bytes(pgcopy.copy_out(conn, "COPY (SELECT 'it''s') TO STDOUT")) == b"it's\n"
 
 
 def test_a_server_error_is_raised_with_its_message_and_the_connection_recovers(
@@ -73,7 +75,7 @@ def test_inside_a_transaction_the_copy_sees_its_snapshot_and_an_error_aborts_it(
     with psycopg.connect(dsn(database_url)) as conn:
         conn.execute("CREATE TEMP TABLE t (v int)")
         conn.execute("INSERT INTO t VALUES (1), (2)")  # not committed: only this one sees it
-        assert pgcopy.copy_out(conn, "COPY t TO STDOUT") == b"1\n2\n"
+        assert bytes(pgcopy.copy_out(conn, "COPY t TO STDOUT")) == b"1\n2\n"
         assert status(conn) == psycopg.pq.TransactionStatus.INTRANS
         with pytest.raises(pgcopy.CopyFailed):
             pgcopy.copy_out(conn, "COPY (SELECT 1 / 0) TO STDOUT")
@@ -87,5 +89,5 @@ def test_inside_a_transaction_the_copy_sees_its_snapshot_and_an_error_aborts_it(
 def test_with_no_transaction_open_one_is_opened_as_psycopg_would(database_url: str) -> None:
     with psycopg.connect(dsn(database_url)) as conn:
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        assert pgcopy.copy_out(conn, "COPY (SELECT 7) TO STDOUT") == b"7\n"
+        assert bytes(pgcopy.copy_out(conn, "COPY (SELECT 7) TO STDOUT")) == b"7\n"
         assert status(conn) == psycopg.pq.TransactionStatus.INTRANS
