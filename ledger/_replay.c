@@ -1881,6 +1881,7 @@ typedef struct {
     uint8_t id[16];
     size_t count, first; /* rows, and where they start in the grouped order */
     long long last;      /* the order of its last row, while the rows come in order */
+    int unordered;       /* Digests: a row came out of order; the group is read again */
     SHA256_CTX ctx[DIGEST_SPECS_MAX];
     uint8_t digest[DIGEST_SPECS_MAX][SHA256_DIGEST_LENGTH];
 } DigestGroup;
@@ -1924,6 +1925,76 @@ static size_t group_hash(const uint8_t id[16]) {
     memcpy(&a, id, 8);
     memcpy(&b, id + 8, 8);
     return (size_t)mix64(a ^ mix64(b));
+}
+
+/* The groups met so far, by id. */
+typedef struct {
+    DigestGroup *out;
+    size_t n, cap;
+    GroupTable table;
+} Groups;
+
+static int groups_init(Groups *gs) {
+    gs->n = 0;
+    gs->cap = 64;
+    gs->out = PyMem_RawMalloc(gs->cap * sizeof(DigestGroup));
+    gs->table.slot = PyMem_RawCalloc(128, sizeof(uint32_t));
+    gs->table.mask = 127;
+    return gs->out != NULL && gs->table.slot != NULL ? 0 : -1;
+}
+
+static void groups_free(Groups *gs) {
+    PyMem_RawFree(gs->out);
+    PyMem_RawFree(gs->table.slot);
+    gs->out = NULL;
+    gs->table.slot = NULL;
+}
+
+/* The number of the group of id, made (count 0, last LLONG_MIN) if it is new (*created);
+ * -1 when out of memory. Needs no interpreter lock. */
+static long groups_find(Groups *gs, const uint8_t id[16], int *created) {
+    size_t h = group_hash(id) & gs->table.mask;
+    *created = 0;
+    while (gs->table.slot[h] != 0) {
+        uint32_t g = gs->table.slot[h] - 1;
+        if (memcmp(gs->out[g].id, id, 16) == 0) {
+            return (long)g;
+        }
+        h = (h + 1) & gs->table.mask;
+    }
+    if (gs->n == gs->cap) {
+        DigestGroup *grown = PyMem_RawRealloc(gs->out, 2 * gs->cap * sizeof(DigestGroup));
+        if (grown == NULL) {
+            return -1;
+        }
+        gs->out = grown;
+        gs->cap *= 2;
+    }
+    DigestGroup *g = &gs->out[gs->n];
+    memcpy(g->id, id, 16);
+    g->count = 0;
+    g->last = LLONG_MIN;
+    g->unordered = 0;
+    gs->table.slot[h] = (uint32_t)++gs->n;
+    *created = 1;
+    if (2 * gs->n > gs->table.mask) { /* keep the table at most half full */
+        size_t mask = 2 * gs->table.mask + 1;
+        uint32_t *slot = PyMem_RawCalloc(mask + 1, sizeof(uint32_t));
+        if (slot == NULL) {
+            return -1;
+        }
+        for (size_t i = 0; i < gs->n; i++) {
+            size_t at = group_hash(gs->out[i].id) & mask;
+            while (slot[at] != 0) {
+                at = (at + 1) & mask;
+            }
+            slot[at] = (uint32_t)(i + 1);
+        }
+        PyMem_RawFree(gs->table.slot);
+        gs->table.slot = slot;
+        gs->table.mask = mask;
+    }
+    return (long)(gs->n - 1);
 }
 
 /* copy_digests(buf, fields, order, group, specs) -> list[(group, count, digests)]: buf is
@@ -1976,18 +2047,17 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
     size_t most = (size_t)size / (size_t)(2 + 4 * nfields) + 1;
     DigestRow *rows = PyMem_RawMalloc(most * sizeof(DigestRow));
     uint32_t *grouped = PyMem_RawMalloc(most * sizeof(uint32_t));
-    size_t groups_cap = 64;
-    DigestGroup *out = PyMem_RawMalloc(groups_cap * sizeof(DigestGroup));
-    GroupTable table = {PyMem_RawCalloc(128, sizeof(uint32_t)), 127};
-    if (rows == NULL || grouped == NULL || out == NULL || table.slot == NULL) {
+    Groups gs;
+    int gs_ok = groups_init(&gs) == 0;
+    if (rows == NULL || grouped == NULL || !gs_ok) {
         PyMem_RawFree(rows);
         PyMem_RawFree(grouped);
-        PyMem_RawFree(out);
-        PyMem_RawFree(table.slot);
+        groups_free(&gs);
         PyBuffer_Release(&view);
         return PyErr_NoMemory();
     }
     size_t count = 0, groups = 0;
+    DigestGroup *out = NULL;
     Py_BEGIN_ALLOW_THREADS;
     const uint8_t *part[DIGEST_FIELDS_MAX];
     int32_t len[DIGEST_FIELDS_MAX];
@@ -2018,54 +2088,20 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
             break;
         }
         const uint8_t *id = group >= 0 ? part[group] : no_id;
-        size_t h = group_hash(id) & table.mask;
-        while (table.slot[h] != 0 && memcmp(out[table.slot[h] - 1].id, id, 16) != 0) {
-            h = (h + 1) & table.mask;
+        int created;
+        long found = groups_find(&gs, id, &created);
+        if (found < 0) {
+            bad = "";
+            break;
         }
-        if (table.slot[h] == 0) {
-            if (groups == groups_cap) {
-                DigestGroup *grown = PyMem_RawRealloc(out, 2 * groups_cap * sizeof(DigestGroup));
-                if (grown == NULL) {
-                    bad = "";
-                    break;
-                }
-                out = grown;
-                groups_cap *= 2;
-            }
-            memcpy(out[groups].id, id, 16);
-            out[groups].count = 0;
-            table.slot[h] = (uint32_t)++groups;
-            if (2 * groups > table.mask) { /* keep the table at most half full */
-                size_t mask = 2 * table.mask + 1;
-                uint32_t *slot = PyMem_RawCalloc(mask + 1, sizeof(uint32_t));
-                if (slot == NULL) {
-                    bad = "";
-                    break;
-                }
-                for (size_t g = 0; g < groups; g++) {
-                    size_t at = group_hash(out[g].id) & mask;
-                    while (slot[at] != 0) {
-                        at = (at + 1) & mask;
-                    }
-                    slot[at] = (uint32_t)(g + 1);
-                }
-                PyMem_RawFree(table.slot);
-                table.slot = slot;
-                table.mask = mask;
-                h = (size_t)-1;
-            }
-            rows[count].group = (uint32_t)(groups - 1);
-            out[groups - 1].last = LLONG_MIN;
-            if (groups > DIGEST_IN_ORDER_GROUPS_MAX) {
-                in_order = 0;
-            }
-            for (Py_ssize_t s = 0; in_order && s < nspecs; s++) {
-                SHA256_Init(&out[groups - 1].ctx[s]);
-            }
-        } else {
-            rows[count].group = table.slot[h] - 1;
+        rows[count].group = (uint32_t)found;
+        if (created && gs.n > DIGEST_IN_ORDER_GROUPS_MAX) {
+            in_order = 0;
         }
-        DigestGroup *g = &out[rows[count].group];
+        for (Py_ssize_t s = 0; created && in_order && s < nspecs; s++) {
+            SHA256_Init(&gs.out[found].ctx[s]);
+        }
+        DigestGroup *g = &gs.out[rows[count].group];
         g->count++;
         rows[count].order = (long long)be64(part[order]);
         rows[count].off = off;
@@ -2080,6 +2116,8 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
         count++;
         off = next;
     }
+    out = gs.out;
+    groups = gs.n;
     if (bad == NULL && in_order) {
         for (size_t g = 0; g < groups; g++) {
             for (Py_ssize_t s = 0; s < nspecs; s++) {
@@ -2146,9 +2184,8 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
     PyBuffer_Release(&view);
     PyMem_RawFree(rows);
     PyMem_RawFree(grouped);
-    PyMem_RawFree(table.slot);
     if (bad != NULL) {
-        PyMem_RawFree(out);
+        groups_free(&gs);
         if (bad[0] == '\0') {
             return PyErr_NoMemory();
         }
@@ -2177,9 +2214,227 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
         }
         PyList_SET_ITEM(result, (Py_ssize_t)g, item);
     }
-    PyMem_RawFree(out);
+    groups_free(&gs);
     return result;
 }
+
+/* Digests(fields, order, group, specs): copy_digests over several COPYs of one table
+ * (slices of it, in table order), hashing each row as it comes, so that only the groups'
+ * states are kept. feed(buf) takes one slice; result() gives copy_digests' list, where a
+ * group whose rows came out of order has None for its digests (the caller reads that
+ * group again), or None for all past DIGEST_IN_ORDER_GROUPS_MAX groups. */
+typedef struct {
+    PyObject_HEAD int nfields, order, group, in_order;
+    Py_ssize_t nspecs;
+    uint8_t spec[DIGEST_SPECS_MAX][2 * DIGEST_FIELDS_MAX];
+    Py_ssize_t spec_len[DIGEST_SPECS_MAX];
+    Groups gs;
+} Digests;
+
+static void digests_dealloc(Digests *self) {
+    groups_free(&self->gs);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int digests_init(Digests *self, PyObject *args, PyObject *kwargs) {
+    PyObject *specs;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Digests() takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "iiiO!:Digests", &self->nfields, &self->order, &self->group,
+                          &PyTuple_Type, &specs)) {
+        return -1;
+    }
+    self->nspecs = PyTuple_GET_SIZE(specs);
+    int nfields = self->nfields;
+    if (nfields < 1 || nfields > DIGEST_FIELDS_MAX || self->order < 0 ||
+        self->order >= nfields || self->group < -1 || self->group >= nfields ||
+        self->nspecs < 1 || self->nspecs > DIGEST_SPECS_MAX) {
+        PyErr_SetString(PyExc_ValueError, "Digests: bad field numbers or specs");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < self->nspecs; i++) {
+        PyObject *item = PyTuple_GET_ITEM(specs, i);
+        if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) % 2 != 0 ||
+            PyBytes_GET_SIZE(item) > 2 * DIGEST_FIELDS_MAX) {
+            PyErr_SetString(PyExc_ValueError, "Digests: a spec is not bytes of (field, kind) pairs");
+            return -1;
+        }
+        const uint8_t *b = (const uint8_t *)PyBytes_AS_STRING(item);
+        for (Py_ssize_t j = 0; j < PyBytes_GET_SIZE(item); j += 2) {
+            if (b[j] >= nfields || b[j + 1] < K_FIXED8 || b[j + 1] > K_RAW) {
+                PyErr_SetString(PyExc_ValueError, "Digests: a spec names no such field or kind");
+                return -1;
+            }
+        }
+        memcpy(self->spec[i], b, (size_t)PyBytes_GET_SIZE(item));
+        self->spec_len[i] = PyBytes_GET_SIZE(item);
+    }
+    groups_free(&self->gs);
+    if (groups_init(&self->gs) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->in_order = 1;
+    return 0;
+}
+
+static PyObject *digests_feed(Digests *self, PyObject *arg) {
+    if (self->gs.out == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Digests: not initialised");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    static const uint8_t SIGNATURE[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0};
+    const uint8_t *buf = view.buf;
+    Py_ssize_t size = view.len;
+    const char *bad = NULL;
+    if (size < 19 || memcmp(buf, SIGNATURE, 11) != 0) {
+        bad = "Digests.feed: not a binary COPY";
+    }
+    int nfields = self->nfields, order = self->order, group = self->group;
+    const uint8_t *spec[DIGEST_SPECS_MAX];
+    for (Py_ssize_t i = 0; i < self->nspecs; i++) {
+        spec[i] = self->spec[i];
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    const uint8_t *part[DIGEST_FIELDS_MAX];
+    int32_t len[DIGEST_FIELDS_MAX];
+    static const uint8_t no_id[16] = {0};
+    Py_ssize_t off = bad ? 0 : 19 + (Py_ssize_t)be32(buf + 15);
+    while (bad == NULL && self->in_order) {
+        if (off < 19 || off + 2 > size) {
+            bad = "Digests.feed: the COPY ends without its trailer";
+            break;
+        }
+        int fields = (int16_t)((buf[off] << 8) | buf[off + 1]);
+        off += 2;
+        if (fields == -1) {
+            break;
+        }
+        if (fields != nfields) {
+            bad = "Digests.feed: a row with another number of fields";
+            break;
+        }
+        Py_ssize_t next = copy_fields(buf, size, off, nfields, part, len);
+        if (next < 0) {
+            bad = "Digests.feed: a row cut short";
+            break;
+        }
+        if (len[order] != 8 || (group >= 0 && len[group] != 16)) {
+            bad = "Digests.feed: a row without its position or its id";
+            break;
+        }
+        int created;
+        long found = groups_find(&self->gs, group >= 0 ? part[group] : no_id, &created);
+        if (found < 0) {
+            bad = "";
+            break;
+        }
+        if (created && self->gs.n > DIGEST_IN_ORDER_GROUPS_MAX) {
+            self->in_order = 0; /* as many states as that: the table is read whole */
+            break;
+        }
+        DigestGroup *g = &self->gs.out[found];
+        long long at = (long long)be64(part[order]);
+        if (created) {
+            for (Py_ssize_t s = 0; s < self->nspecs; s++) {
+                SHA256_Init(&g->ctx[s]);
+            }
+        }
+        g->count++;
+        if (at <= g->last) {
+            g->unordered = 1; /* its digests can no longer be had from here */
+        }
+        if (!g->unordered) {
+            g->last = at;
+            hash_row(g->ctx, self->nspecs, spec, self->spec_len, part, len);
+        }
+        off = next;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&view);
+    if (bad != NULL) {
+        if (bad[0] == '\0') {
+            return PyErr_NoMemory();
+        }
+        PyErr_SetString(PyExc_ValueError, bad);
+        return NULL;
+    }
+    return PyBool_FromLong(self->in_order);
+}
+
+static PyObject *digests_result(Digests *self, PyObject *unused) {
+    if (self->gs.out == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Digests: not initialised");
+        return NULL;
+    }
+    if (!self->in_order) {
+        Py_RETURN_NONE;
+    }
+    Groups *gs = &self->gs;
+    size_t n = gs->n;
+    if (n == 0 && self->group < 0) { /* no rows: one item, the digests of nothing */
+        memset(gs->out[0].id, 0, 16);
+        gs->out[0].count = 0;
+        gs->out[0].unordered = 0;
+        for (Py_ssize_t s = 0; s < self->nspecs; s++) {
+            SHA256_Init(&gs->out[0].ctx[s]);
+        }
+        n = 1;
+    }
+    PyObject *result = PyList_New((Py_ssize_t)n);
+    for (size_t g = 0; result != NULL && g < n; g++) {
+        PyObject *digests =
+            gs->out[g].unordered ? Py_NewRef(Py_None) : PyTuple_New(self->nspecs);
+        for (Py_ssize_t s = 0; digests != NULL && digests != Py_None && s < self->nspecs; s++) {
+            SHA256_CTX ctx = gs->out[g].ctx[s]; /* a copy: result() can be asked again */
+            uint8_t digest[SHA256_DIGEST_LENGTH];
+            SHA256_Final(digest, &ctx);
+            PyObject *d = PyBytes_FromStringAndSize((const char *)digest, SHA256_DIGEST_LENGTH);
+            if (d == NULL) {
+                Py_CLEAR(digests);
+                break;
+            }
+            PyTuple_SET_ITEM(digests, s, d);
+        }
+        PyObject *item = digests == NULL
+                             ? NULL
+                             : Py_BuildValue("y#nN", (const char *)gs->out[g].id,
+                                             (Py_ssize_t)(self->group >= 0 ? 16 : 0),
+                                             (Py_ssize_t)gs->out[g].count, digests);
+        if (item == NULL) { /* Py_BuildValue has released digests ("N") */
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, (Py_ssize_t)g, item);
+    }
+    return result;
+}
+
+static PyMethodDef digests_methods[] = {
+    {"feed", (PyCFunction)digests_feed, METH_O,
+     "feed(buf) -> bool: hash one binary COPY's rows; False past the groups' limit"},
+    {"result", (PyCFunction)digests_result, METH_NOARGS,
+     "result() -> list[(group, count, digests | None)] | None: None for a group whose rows "
+     "came out of order, None for all past the groups' limit"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DigestsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ledger._replay.Digests",
+    .tp_basicsize = sizeof(Digests),
+    .tp_dealloc = (destructor)digests_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "copy_digests over slices of a table, hashing rows as they come.",
+    .tp_methods = digests_methods,
+    .tp_init = (initproc)digests_init,
+    .tp_new = PyType_GenericNew,
+};
 
 static PyMethodDef methods[] = {
     {"apply_records", py_apply_records, METH_VARARGS,
@@ -2231,7 +2486,12 @@ PyMODINIT_FUNC PyInit__replay(void) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddObjectRef(m, "EntryHash", (PyObject *)&EntryHashType) < 0) {
+    if (PyType_Ready(&DigestsType) < 0) {
+        Py_XDECREF(m);
+        return NULL;
+    }
+    if (m != NULL && (PyModule_AddObjectRef(m, "EntryHash", (PyObject *)&EntryHashType) < 0 ||
+                      PyModule_AddObjectRef(m, "Digests", (PyObject *)&DigestsType) < 0)) {
         Py_CLEAR(m);
     }
     return m;

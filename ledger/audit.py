@@ -1201,16 +1201,74 @@ def _hashed(
         return checkpoint, query(conn)
 
 
+_SLICE_PAGES: Final = 2048
+"""Heap pages (16 MB with PostgreSQL's 8 kB pages) per COPY of a table read in slices."""
+
+
+def _heap_slices(conn: Any, table: str) -> list[str]:
+    """Conditions on ``ctid`` that cut ``table`` into slices of ``_SLICE_PAGES`` pages, in
+    page order (TID range scans); the last one is open-ended, so every row of the
+    snapshot is in exactly one slice."""
+    row = conn.execute(
+        "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int", (table,)
+    ).fetchone()
+    pages = int(row[0]) if row else 0
+    cuts = list(range(_SLICE_PAGES, pages, _SLICE_PAGES))
+    lows, highs = [0, *cuts], [*cuts, None]
+    return [
+        f"ctid >= '({lo},0)'::tid" + ("" if hi is None else f" AND ctid < '({hi},0)'::tid")
+        for lo, hi in zip(lows, highs, strict=True)
+    ]
+
+
+_REREAD_GROUPS_MAX: Final = 256
+"""Groups read again one by one when their rows came out of order; more: the table whole."""
+
+
 def _copy_digests(
-    sql: str, book_id: str, fields: int, order: int, group: int, specs: tuple[bytes, ...]
+    sql: str,
+    book_id: str,
+    fields: int,
+    order: int,
+    group: int,
+    specs: tuple[bytes, ...],
+    *,
+    sliced: tuple[str, str] | None = None,
 ) -> Callable[[Any], list[tuple[bytes, int, tuple[bytes, ...]]]]:
+    """The digests of ``sql``'s rows. With ``sliced`` (the table and its group column),
+    the table is read in slices of pages and each row is hashed as it comes
+    (``_replay.Digests``), so that memory holds one slice, not the table; that takes each
+    group's rows in order, as a table that is only appended to mostly has them. A group
+    whose rows are not is read again by itself; with too many such groups, or without
+    ``sliced``, the table is read whole and sorted (``_replay.copy_digests``)."""
+
     def query(conn: Any) -> list[tuple[bytes, int, tuple[bytes, ...]]]:
         from ledger.pgcopy import copy_out
 
         assert _native_books is not None
-        return _native_books.copy_digests(
-            copy_out(conn, sql, (book_id,)), fields, order, group, specs
-        )
+        books = _native_books
+        if sliced is not None:
+            table, column = sliced
+            state = books.Digests(fields, order, group, specs)
+            where = "WHERE book_id = %s"
+            for condition in _heap_slices(conn, table):
+                data = copy_out(conn, sql.replace(where, f"{where} AND {condition}"), (book_id,))
+                if not state.feed(data):
+                    break
+            done = state.result()
+            unordered = [] if done is None else [g for g, _, d in done if d is None]
+            if done is not None and len(unordered) <= _REREAD_GROUPS_MAX:
+                again = {}
+                for g in unordered:
+                    one = copy_out(
+                        conn,
+                        sql.replace(where, f"{where} AND {column} = %s"),
+                        (book_id, UUID(bytes=g)),
+                    )
+                    [(_, n, d)] = books.copy_digests(one, fields, order, group, specs)
+                    again[g] = (n, d)
+                return [(g, *again[g]) if d is None else (g, n, d) for g, n, d in done]
+        return books.copy_digests(copy_out(conn, sql, (book_id,)), fields, order, group, specs)
 
     return query
 
@@ -1225,7 +1283,15 @@ def _entry_digests_native(database_url: str, book_id: str) -> EntryDigests:
         database_url,
         book_id,
         "entries",
-        _copy_digests(_ENTRIES_COPY_SQL, book_id, 13, 1, 0, (_ENTRIES_SPEC,)),
+        _copy_digests(
+            _ENTRIES_COPY_SQL,
+            book_id,
+            13,
+            1,
+            0,
+            (_ENTRIES_SPEC,),
+            sliced=("account_entries", "account_id"),
+        ),
     )
     return checkpoint, {str(UUID(bytes=g)): (n, d[0]) for g, n, d in groups}
 

@@ -4,6 +4,7 @@ hashlib's over the rows' bytes in the described order, however the rows come."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import struct
 import uuid
@@ -157,3 +158,61 @@ def test_rows_hashed_as_read_or_placed_first_give_the_same_digests(case: str) ->
         copy([[g, i8(p), o, t, r] for g, p, o, t, r in rows]), 5, 1, 0, (SPEC,)
     )
     assert {g: (n, d[0]) for g, n, d in got} == expected(rows)
+
+
+def slices(rows: list[list[bytes | None]], cuts: list[int]) -> list[bytes]:
+    """The rows as several COPYs, cut before the given row numbers."""
+    bounds = [0, *cuts, len(rows)]
+    return [copy(rows[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def test_digests_fed_in_slices_equal_copy_digests_of_the_whole() -> None:
+    groups = [uuid.uuid4().bytes for _ in range(40)]
+    rows: list[list[bytes | None]] = [
+        [groups[p % 40], i8(p), None if p % 4 else uuid.uuid4().bytes, b"t", b"x" * (p % 9)]
+        for p in range(1, 1001)
+    ]
+    whole = _replay.copy_digests(copy(rows), 5, 1, 0, (SPEC,))
+    state = _replay.Digests(5, 1, 0, (SPEC,))
+    assert all(state.feed(part) for part in slices(rows, [1, 333, 334, 900]))
+    assert state.result() == whole
+    assert state.result() == whole  # asking again gives the same
+
+
+def test_a_group_whose_rows_come_out_of_order_is_left_to_be_read_again() -> None:
+    g, h = uuid.uuid4().bytes, uuid.uuid4().bytes
+    state = _replay.Digests(5, 1, 0, (SPEC,))
+    assert state.feed(copy([[g, i8(5), None, b"t", b""], [h, i8(1), None, b"u", b""]]))
+    assert state.feed(copy([[g, i8(4), None, b"t", b""], [h, i8(2), None, b"u", b""]]))
+    assert state.feed(copy([[g, i8(6), None, b"t", b""]]))
+    got = state.result()
+    assert got is not None
+    by_group = {group: (count, digests) for group, count, digests in got}
+    assert by_group[g] == (3, None)  # out of order: read again by the caller
+    rows: list[list[bytes | None]] = [[h, i8(1), None, b"u", b""], [h, i8(2), None, b"u", b""]]
+    assert by_group[h] == tuple(_replay.copy_digests(copy(rows), 5, 1, 0, (SPEC,))[0][1:])
+
+
+def test_digests_of_no_rows_and_of_too_many_groups() -> None:
+    nothing = hashlib.sha256().digest()
+    state = _replay.Digests(5, 1, -1, (SPEC, SPEC))
+    assert state.feed(copy([]))
+    assert state.result() == [(b"", 0, (nothing, nothing))]
+    many = _replay.Digests(5, 1, 0, (SPEC,))
+    rows: list[list[bytes | None]] = [
+        [uuid.UUID(int=p).bytes, i8(p), None, b"", b""] for p in range(1, 65_540)
+    ]
+    assert not many.feed(copy(rows))  # one state per group: past the limit, read whole
+    assert many.result() is None
+
+
+def test_digests_refuse_what_is_not_as_described() -> None:
+    with pytest.raises(ValueError, match="bad field numbers"):
+        _replay.Digests(5, 9, 0, (SPEC,))
+    with pytest.raises(ValueError, match="no such field"):
+        _replay.Digests(5, 1, 0, (bytes((7, F8)),))
+    state = _replay.Digests(5, 1, 0, (SPEC,))
+    with pytest.raises(ValueError, match="not a binary COPY"):
+        state.feed(b"nope")
+    with pytest.raises(ValueError, match="another number of fields"):
+        state.feed(copy([[b"x"]]))

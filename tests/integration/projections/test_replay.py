@@ -531,3 +531,48 @@ def test_both_ways_of_hashing_the_read_models_give_the_same_digests(
     # A book with no rows at all: no accounts, and the digests of nothing.
     assert audit._entry_digests_native(url, "empty") == audit._entry_digests_sql(url, "empty")
     assert audit._transfer_digest_native(url, "empty") == audit._transfer_digest_sql(url, "empty")
+
+
+def test_entries_read_in_slices_or_out_of_order_give_the_same_digests(
+    audited: tuple[str, Path, SyntheticBook], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger import pgcopy
+
+    url, _, _ = audited
+    want = audit._entry_digests_sql(url, BOOK)
+    statements: list[str] = []
+    real = pgcopy.copy_out
+
+    def recorded(conn: Any, sql: str, params: Any = None, **kw: Any) -> Any:
+        statements.append(sql)
+        return real(conn, sql, params, **kw)
+
+    def kinds() -> tuple[int, int, int]:
+        """(slices, accounts read again, whole reads) among the COPYs made."""
+        sliced = sum("ctid >= " in s for s in statements)
+        again = sum("account_id = %s" in s for s in statements)
+        return sliced, again, len(statements) - sliced - again
+
+    monkeypatch.setattr(pgcopy, "copy_out", recorded)
+    # A slice per heap page: many COPYs in one snapshot, each row hashed as it comes.
+    monkeypatch.setattr(audit, "_SLICE_PAGES", 1)
+    assert audit._entry_digests_native(url, BOOK) == want
+    sliced, _, whole = kinds()
+    assert sliced > 20 and whole == 0
+    # Rows moved in the heap (an update writes the new row version elsewhere): those
+    # accounts' rows come out of order, and each is read again by itself.
+    with psycopg.connect(dsn(url), autocommit=True) as conn:
+        moved = conn.execute(
+            "UPDATE account_entries SET ledger = ledger WHERE book_id = %s AND position < 40",
+            (BOOK,),
+        ).rowcount
+    assert moved > 0
+    statements.clear()
+    assert audit._entry_digests_native(url, BOOK) == want
+    _, again, whole = kinds()
+    assert again > 1 and whole == 0
+    # More such accounts than are read one by one: the table is read whole and sorted.
+    monkeypatch.setattr(audit, "_REREAD_GROUPS_MAX", 1)
+    statements.clear()
+    assert audit._entry_digests_native(url, BOOK) == want
+    assert kinds()[1:] == (0, 1)
