@@ -1767,7 +1767,7 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
 /* How a COPY field goes into a row's hashed bytes (ledger.audit's digest forms): a number
  * or an id as its binary send bytes (of the width given); a text followed by a NUL; an
  * optional number or id as a 1 and its bytes, or a 0 for NULL; bytes as they are. */
-enum { K_FIXED8 = 1, K_FIXED4, K_FIXED16, K_TEXT, K_OPT8, K_OPT16, K_RAW };
+enum { K_FIXED8 = 1, K_FIXED4, K_FIXED16, K_TEXT, K_OPT8, K_OPT16, K_RAW, K_METADATA };
 
 #define DIGEST_FIELDS_MAX 32
 #define DIGEST_SPECS_MAX 4
@@ -1836,6 +1836,226 @@ static void hash_row(SHA256_CTX *ctx, Py_ssize_t nspecs, const uint8_t *const *s
 
 static const uint8_t ODD_FIELD[2] = {0xff, 0xfe};
 
+/* --- a transfer's metadata from its jsonb, in _metadata_bytes' form -------------------- */
+
+static void utf8_put(uint8_t **q, uint32_t c) {
+    uint8_t *p = *q;
+    if (c < 0x80) {
+        *p++ = (uint8_t)c;
+    } else if (c < 0x800) {
+        *p++ = (uint8_t)(0xc0 | (c >> 6));
+        *p++ = (uint8_t)(0x80 | (c & 0x3f));
+    } else if (c < 0x10000) {
+        *p++ = (uint8_t)(0xe0 | (c >> 12));
+        *p++ = (uint8_t)(0x80 | ((c >> 6) & 0x3f));
+        *p++ = (uint8_t)(0x80 | (c & 0x3f));
+    } else {
+        *p++ = (uint8_t)(0xf0 | (c >> 18));
+        *p++ = (uint8_t)(0x80 | ((c >> 12) & 0x3f));
+        *p++ = (uint8_t)(0x80 | ((c >> 6) & 0x3f));
+        *p++ = (uint8_t)(0x80 | (c & 0x3f));
+    }
+    *q = p;
+}
+
+static int hex4(const char *p, uint32_t *out) {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0) {
+            return 0;
+        }
+        v = v * 16 + (uint32_t)d;
+    }
+    *out = v;
+    return 1;
+}
+
+/* The JSON string s[0..n) (between its quotes) unescaped into out (room for n bytes: no
+ * escape is shorter than what it gives); its length, or -1 for a bad escape. */
+static Py_ssize_t json_unescape(const char *s, Py_ssize_t n, uint8_t *out) {
+    uint8_t *q = out;
+    const char *end = s + n;
+    while (s < end) {
+        if (*s != '\\') {
+            *q++ = (uint8_t)*s++;
+            continue;
+        }
+        if (end - s < 2) {
+            return -1;
+        }
+        char c = s[1];
+        s += 2;
+        switch (c) {
+        case '"': *q++ = '"'; break;
+        case '\\': *q++ = '\\'; break;
+        case '/': *q++ = '/'; break;
+        case 'b': *q++ = '\b'; break;
+        case 'f': *q++ = '\f'; break;
+        case 'n': *q++ = '\n'; break;
+        case 'r': *q++ = '\r'; break;
+        case 't': *q++ = '\t'; break;
+        case 'u': {
+            uint32_t cp, low;
+            if (end - s < 4 || !hex4(s, &cp)) {
+                return -1;
+            }
+            s += 4;
+            if (cp >= 0xd800 && cp < 0xdc00 && end - s >= 6 && s[0] == '\\' && s[1] == 'u' &&
+                hex4(s + 2, &low) && low >= 0xdc00 && low < 0xe000) {
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+                s += 6;
+            }
+            utf8_put(&q, cp);
+            break;
+        }
+        default:
+            return -1;
+        }
+    }
+    return q - out;
+}
+
+typedef struct {
+    Py_ssize_t key, key_n, value, value_n; /* offsets into the scratch; value -1: not a string */
+} MetaText;
+
+static int meta_text_cmp(const uint8_t *base, const MetaText *a, const MetaText *b) {
+    Py_ssize_t n = a->key_n < b->key_n ? a->key_n : b->key_n;
+    int c = memcmp(base + a->key, base + b->key, (size_t)n);
+    return c != 0 ? c : (a->key_n > b->key_n) - (a->key_n < b->key_n);
+}
+
+/* A jsonb value as binary COPY sends it (a version byte, then its text) into the sink as
+ * _metadata_bytes gives it: a 0 for {}, a 254 for anything but an object, else a 1 and
+ * each pair in the byte order of its key. 0 when it cannot be read (the caller hashes a
+ * marker that no metadata gives). */
+static int metadata_of_jsonb(Sink *k, const uint8_t *v, int32_t n) {
+    static const uint8_t zero = 0, one = 1, not_object = 0xfe, not_string = 0xff;
+    if (n < 1 || v[0] != 1) {
+        return 0;
+    }
+    const char *p = (const char *)v + 1, *end = (const char *)v + n;
+    p = skip_ws(p, end);
+    if (p >= end) {
+        return 0;
+    }
+    if (*p != '{') {
+        sink_add(k, &not_object, 1);
+        return 1;
+    }
+    /* Unescaped keys and values go to a scratch of the text's size (none is longer). */
+    uint8_t *scratch = PyMem_RawMalloc((size_t)n + 1);
+    size_t pairs_cap = 16, pairs_n = 0;
+    MetaText *pairs = PyMem_RawMalloc(pairs_cap * sizeof(MetaText));
+    int ok = scratch != NULL && pairs != NULL;
+    Py_ssize_t used = 0;
+    p = skip_ws(p + 1, end);
+    if (ok && p < end && *p == '}') {
+        p++;
+    } else {
+        while (ok) {
+            const char *s;
+            Py_ssize_t sn;
+            int esc;
+            p = read_string(p, end, &s, &sn, &esc);
+            if (p == NULL) {
+                ok = 0;
+                break;
+            }
+            if (pairs_n == pairs_cap) {
+                MetaText *grown = PyMem_RawRealloc(pairs, 2 * pairs_cap * sizeof(MetaText));
+                if (grown == NULL) {
+                    ok = 0;
+                    break;
+                }
+                pairs = grown;
+                pairs_cap *= 2;
+            }
+            MetaText *t = &pairs[pairs_n++];
+            t->key = used;
+            t->key_n = json_unescape(s, sn, scratch + used);
+            if (t->key_n < 0) {
+                ok = 0;
+                break;
+            }
+            used += t->key_n;
+            p = skip_ws(p, end);
+            if (p >= end || *p != ':') {
+                ok = 0;
+                break;
+            }
+            p = skip_ws(p + 1, end);
+            t->value = -1;
+            if (p < end && *p == '"') {
+                p = read_string(p, end, &s, &sn, &esc);
+                t->value_n = p ? json_unescape(s, sn, scratch + used) : -1;
+                if (t->value_n < 0) {
+                    ok = 0;
+                    break;
+                }
+                t->value = used;
+                used += t->value_n;
+            } else {
+                p = skip_value(p, end, 1);
+            }
+            p = p ? skip_ws(p, end) : NULL;
+            if (p == NULL || p >= end) {
+                ok = 0;
+                break;
+            }
+            if (*p == '}') {
+                p++;
+                break;
+            }
+            if (*p != ',') {
+                ok = 0;
+                break;
+            }
+            p = skip_ws(p + 1, end);
+        }
+    }
+    if (ok && skip_ws(p, end) != end) {
+        ok = 0;
+    }
+    if (ok) {
+        for (size_t i = 1; i < pairs_n; i++) { /* insertion sort: metadata has few pairs */
+            MetaText t = pairs[i];
+            size_t j = i;
+            while (j > 0 && meta_text_cmp(scratch, &pairs[j - 1], &t) > 0) {
+                pairs[j] = pairs[j - 1];
+                j--;
+            }
+            pairs[j] = t;
+        }
+        if (pairs_n == 0) {
+            sink_add(k, &zero, 1);
+        } else {
+            sink_add(k, &one, 1);
+            for (size_t i = 0; i < pairs_n; i++) {
+                uint8_t length[4];
+                put_u32(length, (size_t)pairs[i].key_n);
+                sink_add(k, length, 4);
+                sink_add(k, scratch + pairs[i].key, (size_t)pairs[i].key_n);
+                if (pairs[i].value < 0) {
+                    sink_add(k, &not_string, 1);
+                } else {
+                    put_u32(length, (size_t)pairs[i].value_n);
+                    sink_add(k, length, 4);
+                    sink_add(k, scratch + pairs[i].value, (size_t)pairs[i].value_n);
+                }
+            }
+        }
+    }
+    PyMem_RawFree(scratch);
+    PyMem_RawFree(pairs);
+    return ok;
+}
+
 static void hash_field(Sink *k, int kind, const uint8_t *p, int32_t n) {
     static const uint8_t zero = 0, one = 1;
     int width = kind == K_FIXED8 || kind == K_OPT8 ? 8 : kind == K_FIXED4 ? 4 : 16;
@@ -1853,6 +2073,11 @@ static void hash_field(Sink *k, int kind, const uint8_t *p, int32_t n) {
         }
         sink_add(k, p, (size_t)n);
         return;
+    case K_METADATA:
+        if (n >= 0 && metadata_of_jsonb(k, p, n)) {
+            return;
+        }
+        break;
     case K_OPT8:
     case K_OPT16:
         if (n == -1) {
@@ -2031,7 +2256,7 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
         spec[i] = (const uint8_t *)PyBytes_AS_STRING(item);
         spec_len[i] = PyBytes_GET_SIZE(item);
         for (Py_ssize_t j = 0; j < spec_len[i]; j += 2) {
-            if (spec[i][j] >= nfields || spec[i][j + 1] < K_FIXED8 || spec[i][j + 1] > K_RAW) {
+            if (spec[i][j] >= nfields || spec[i][j + 1] < K_FIXED8 || spec[i][j + 1] > K_METADATA) {
                 bad = "copy_digests: a spec names no such field or kind";
             }
         }
@@ -2263,7 +2488,7 @@ static int digests_init(Digests *self, PyObject *args, PyObject *kwargs) {
         }
         const uint8_t *b = (const uint8_t *)PyBytes_AS_STRING(item);
         for (Py_ssize_t j = 0; j < PyBytes_GET_SIZE(item); j += 2) {
-            if (b[j] >= nfields || b[j + 1] < K_FIXED8 || b[j + 1] > K_RAW) {
+            if (b[j] >= nfields || b[j + 1] < K_FIXED8 || b[j + 1] > K_METADATA) {
                 PyErr_SetString(PyExc_ValueError, "Digests: a spec names no such field or kind");
                 return -1;
             }

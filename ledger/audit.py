@@ -32,8 +32,11 @@ What is checked, in this order (the first finding is reported with its location)
    position). The stored rows come as a binary COPY of their columns, from the start,
    while the WAL is read, and are hashed here by the native extension without the
    interpreter lock (``_replay.copy_digests``; without the extension, PostgreSQL hashes
-   them); the WAL pass hashes the rows its events give, and where digests differ the rows
-   are read one by one to name the first differing row and column. A transfer's ``metadata``
+   them). The entries come in slices of heap pages, each row hashed as it comes, so that
+   memory holds one slice and the accounts' states; the transfers, whose rows move in
+   the heap as their state changes, are read whole and sorted. The WAL pass hashes the
+   rows its events give, and where digests differ the rows are read one by one to name
+   the first differing row and column. A transfer's ``metadata``
    is hashed as its pairs in the byte order of their keys, each key and string value with
    its length (:func:`_metadata_bytes`).
 
@@ -1124,7 +1127,7 @@ state (as :func:`_transfer_state_bytes` forms it, from the state the WAL ends wi
 # PostgreSQL, reading the rows out costs less than putting their bytes together (for the
 # entries, a third).
 # Each spec lists (field, kind) pairs: the hashed bytes of a row, in the order above.
-_F8, _F4, _F16, _TEXT, _OPT8, _OPT16, _RAW = range(1, 8)
+_F8, _F4, _F16, _TEXT, _OPT8, _OPT16, _RAW, _METADATA = range(1, 9)
 
 
 def _spec(*pairs: tuple[int, int]) -> bytes:
@@ -1152,9 +1155,11 @@ _ENTRIES_SPEC: Final = _spec(
     (12, _OPT16),
 )
 
+# The transfers' metadata comes as its jsonb and is put in _metadata_bytes' form natively
+# (escapes undone, pairs in the byte order of their keys), as _METADATA_SQL does.
 _TRANSFERS_COPY_SQL: Final = (
     "COPY (SELECT position, transfer_id, code, timestamp_us, timeout_s, expires_at_us, "
-    f"pending_id, {_METADATA_SQL}, status, amount_minor, amount_posted_minor, "
+    "pending_id, metadata, status, amount_minor, amount_posted_minor, "
     "debit_account_id, credit_account_id, kind, ledger, resolved_position "
     "FROM transfers WHERE book_id = %s) TO STDOUT (FORMAT binary)"
 )
@@ -1166,7 +1171,7 @@ _TRANSFERS_ONCE_SPEC: Final = _spec(
     (4, _F8),
     (5, _OPT8),
     (6, _OPT16),
-    (7, _RAW),
+    (7, _METADATA),
 )
 _TRANSFERS_STATE_SPEC: Final = _spec(
     (8, _TEXT),
