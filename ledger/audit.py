@@ -1212,8 +1212,9 @@ _SLICE_PAGES: Final = 2048
 
 def _heap_slices(conn: Any, table: str) -> list[str]:
     """Conditions on ``ctid`` that cut ``table`` into slices of ``_SLICE_PAGES`` pages, in
-    page order (TID range scans); the last one is open-ended, so every row of the
-    snapshot is in exactly one slice."""
+    page order; the last one is open-ended, so every row of the snapshot is in exactly one
+    slice. PostgreSQL 14 and later read only a slice's pages (a TID range scan); an older
+    server would scan the table for each slice."""
     row = conn.execute(
         "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int", (table,)
     ).fetchone()
