@@ -2222,6 +2222,108 @@ static long groups_find(Groups *gs, const uint8_t id[16], int *created) {
     return (long)(gs->n - 1);
 }
 
+/* The field numbers and specs of copy_digests and Digests, checked: spec[i] points into
+ * the bytes objects of specs. NULL, or what is wrong. */
+static const char *digest_args(int nfields, int order, int group, PyObject *specs,
+                               const uint8_t **spec, Py_ssize_t *spec_len) {
+    Py_ssize_t nspecs = PyTuple_GET_SIZE(specs);
+    if (nfields < 1 || nfields > DIGEST_FIELDS_MAX || order < 0 || order >= nfields ||
+        group < -1 || group >= nfields || nspecs < 1 || nspecs > DIGEST_SPECS_MAX) {
+        return "bad field numbers or specs";
+    }
+    for (Py_ssize_t i = 0; i < nspecs; i++) {
+        PyObject *item = PyTuple_GET_ITEM(specs, i);
+        if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) % 2 != 0 ||
+            PyBytes_GET_SIZE(item) > 2 * DIGEST_FIELDS_MAX) {
+            return "a spec is not bytes of (field, kind) pairs";
+        }
+        spec[i] = (const uint8_t *)PyBytes_AS_STRING(item);
+        spec_len[i] = PyBytes_GET_SIZE(item);
+        for (Py_ssize_t j = 0; j < spec_len[i]; j += 2) {
+            if (spec[i][j] >= nfields || spec[i][j + 1] < K_FIXED8 || spec[i][j + 1] > K_METADATA) {
+                return "a spec names no such field or kind";
+            }
+        }
+    }
+    return NULL;
+}
+
+/* The offset of a binary COPY's first row, or -1 if buf is not one. */
+static Py_ssize_t copy_first_row(const uint8_t *buf, Py_ssize_t size) {
+    static const uint8_t SIGNATURE[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0};
+    return size < 19 || memcmp(buf, SIGNATURE, 11) != 0 ? -1 : 19 + (Py_ssize_t)be32(buf + 15);
+}
+
+/* The row at *off of a binary COPY of rows of nfields fields, with a bigint at `order`
+ * and a uuid at `group` (unless -1): 1 and *off past it, 0 at the trailer, -1 with *bad
+ * set for anything else. */
+static int copy_next_row(const uint8_t *buf, Py_ssize_t size, Py_ssize_t *off, int nfields,
+                         int order, int group, const uint8_t **part, int32_t *len,
+                         const char **bad) {
+    Py_ssize_t at = *off;
+    if (at < 19 || at + 2 > size) {
+        *bad = "the COPY ends without its trailer";
+        return -1;
+    }
+    int fields = (int16_t)((buf[at] << 8) | buf[at + 1]);
+    if (fields == -1) {
+        return 0;
+    }
+    if (fields != nfields) {
+        *bad = "a row with another number of fields";
+        return -1;
+    }
+    Py_ssize_t next = copy_fields(buf, size, at + 2, nfields, part, len);
+    if (next < 0) {
+        *bad = "a row cut short";
+        return -1;
+    }
+    if (len[order] != 8 || (group >= 0 && len[group] != 16)) {
+        *bad = "a row without its position or its id";
+        return -1;
+    }
+    *off = next;
+    return 1;
+}
+
+/* [(group id, count, digests or None for a group left unordered)] of the first n
+ * groups, from their digest[] (the id is b"" without groups). */
+static PyObject *groups_list(const Groups *gs, size_t n, Py_ssize_t nspecs, int group) {
+    PyObject *result = PyList_New((Py_ssize_t)n);
+    for (size_t g = 0; result != NULL && g < n; g++) {
+        const DigestGroup *d = &gs->out[g];
+        PyObject *digests = d->unordered ? Py_NewRef(Py_None) : PyTuple_New(nspecs);
+        for (Py_ssize_t s = 0; digests != NULL && digests != Py_None && s < nspecs; s++) {
+            PyObject *b = PyBytes_FromStringAndSize((const char *)d->digest[s],
+                                                    SHA256_DIGEST_LENGTH);
+            if (b == NULL) {
+                Py_CLEAR(digests);
+                break;
+            }
+            PyTuple_SET_ITEM(digests, s, b);
+        }
+        PyObject *item = digests == NULL
+                             ? NULL
+                             : Py_BuildValue("y#nN", (const char *)d->id,
+                                             (Py_ssize_t)(group >= 0 ? 16 : 0),
+                                             (Py_ssize_t)d->count, digests);
+        if (item == NULL) { /* Py_BuildValue has released digests ("N") */
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, (Py_ssize_t)g, item);
+    }
+    return result;
+}
+
+/* Raise ValueError("who: what"), or MemoryError for "" (an allocation failed). */
+static PyObject *digest_error(const char *who, const char *bad) {
+    if (bad[0] == '\0') {
+        return PyErr_NoMemory();
+    }
+    return PyErr_Format(PyExc_ValueError, "%s: %s", who, bad);
+}
+
 /* copy_digests(buf, fields, order, group, specs) -> list[(group, count, digests)]: buf is
  * a binary COPY of rows of `fields` fields, in any order. The rows are hashed in the order
  * of their bigint field `order`, per value of their uuid field `group` (or all together
@@ -2236,38 +2338,19 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
                           &PyTuple_Type, &specs)) {
         return NULL;
     }
-    static const uint8_t SIGNATURE[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0};
     const uint8_t *buf = view.buf;
     Py_ssize_t size = view.len;
     Py_ssize_t nspecs = PyTuple_GET_SIZE(specs);
     const uint8_t *spec[DIGEST_SPECS_MAX];
     Py_ssize_t spec_len[DIGEST_SPECS_MAX];
-    const char *bad = NULL;
-    if (nfields < 1 || nfields > DIGEST_FIELDS_MAX || order < 0 || order >= nfields ||
-        group < -1 || group >= nfields || nspecs < 1 || nspecs > DIGEST_SPECS_MAX) {
-        bad = "copy_digests: bad field numbers or specs";
-    }
-    for (Py_ssize_t i = 0; bad == NULL && i < nspecs; i++) {
-        PyObject *item = PyTuple_GET_ITEM(specs, i);
-        if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) % 2 != 0) {
-            bad = "copy_digests: a spec is not bytes of (field, kind) pairs";
-            break;
-        }
-        spec[i] = (const uint8_t *)PyBytes_AS_STRING(item);
-        spec_len[i] = PyBytes_GET_SIZE(item);
-        for (Py_ssize_t j = 0; j < spec_len[i]; j += 2) {
-            if (spec[i][j] >= nfields || spec[i][j + 1] < K_FIXED8 || spec[i][j + 1] > K_METADATA) {
-                bad = "copy_digests: a spec names no such field or kind";
-            }
-        }
-    }
-    if (bad == NULL && (size < 19 || memcmp(buf, SIGNATURE, 11) != 0)) {
-        bad = "copy_digests: not a binary COPY";
+    const char *bad = digest_args(nfields, order, group, specs, spec, spec_len);
+    Py_ssize_t off = copy_first_row(buf, size);
+    if (bad == NULL && off < 0) {
+        bad = "not a binary COPY";
     }
     if (bad != NULL) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, bad);
-        return NULL;
+        return digest_error("copy_digests", bad);
     }
     size_t most = (size_t)size / (size_t)(2 + 4 * nfields) + 1;
     DigestRow *rows = PyMem_RawMalloc(most * sizeof(DigestRow));
@@ -2288,28 +2371,14 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
     int32_t len[DIGEST_FIELDS_MAX];
     static const uint8_t no_id[16] = {0};
     int in_order = 1;
-    Py_ssize_t off = 19 + (Py_ssize_t)be32(buf + 15);
     for (;;) {
-        if (off < 19 || off + 2 > size) {
-            bad = "copy_digests: the COPY ends without its trailer";
+        const uint8_t *row = buf + off; /* its field count; its fields follow */
+        int r = copy_next_row(buf, size, &off, nfields, order, group, part, len, &bad);
+        if (r <= 0) {
             break;
         }
-        int fields = (int16_t)((buf[off] << 8) | buf[off + 1]);
-        off += 2;
-        if (fields == -1) {
-            break;
-        }
-        if (fields != nfields || count >= most) {
-            bad = "copy_digests: a row with another number of fields";
-            break;
-        }
-        Py_ssize_t next = copy_fields(buf, size, off, nfields, part, len);
-        if (next < 0) {
-            bad = "copy_digests: a row cut short";
-            break;
-        }
-        if (len[order] != 8 || (group >= 0 && len[group] != 16)) {
-            bad = "copy_digests: a row without its position or its id";
+        if (count >= most) {
+            bad = "a row with another number of fields";
             break;
         }
         const uint8_t *id = group >= 0 ? part[group] : no_id;
@@ -2329,7 +2398,7 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
         DigestGroup *g = &gs.out[rows[count].group];
         g->count++;
         rows[count].order = (long long)be64(part[order]);
-        rows[count].off = off;
+        rows[count].off = row + 2 - buf;
         if (in_order) {
             if (rows[count].order > g->last) {
                 g->last = rows[count].order;
@@ -2339,7 +2408,6 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
             }
         }
         count++;
-        off = next;
     }
     out = gs.out;
     groups = gs.n;
@@ -2403,6 +2471,7 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
         }
         memset(out[0].id, 0, 16);
         out[0].count = 0;
+        out[0].unordered = 0;
         groups = 1;
     }
     Py_END_ALLOW_THREADS;
@@ -2411,34 +2480,9 @@ static PyObject *py_copy_digests(PyObject *self, PyObject *args) {
     PyMem_RawFree(grouped);
     if (bad != NULL) {
         groups_free(&gs);
-        if (bad[0] == '\0') {
-            return PyErr_NoMemory();
-        }
-        PyErr_SetString(PyExc_ValueError, bad);
-        return NULL;
+        return digest_error("copy_digests", bad);
     }
-    PyObject *result = PyList_New((Py_ssize_t)groups);
-    for (size_t g = 0; result != NULL && g < groups; g++) {
-        PyObject *digests = PyTuple_New(nspecs);
-        for (Py_ssize_t s = 0; digests != NULL && s < nspecs; s++) {
-            PyObject *d = PyBytes_FromStringAndSize((const char *)out[g].digest[s],
-                                                    SHA256_DIGEST_LENGTH);
-            if (d == NULL) {
-                Py_CLEAR(digests);
-                break;
-            }
-            PyTuple_SET_ITEM(digests, s, d);
-        }
-        PyObject *item = digests == NULL ? NULL
-                                         : Py_BuildValue("y#nN", (const char *)out[g].id,
-                                                         (Py_ssize_t)(group >= 0 ? 16 : 0),
-                                                         (Py_ssize_t)out[g].count, digests);
-        if (item == NULL) { /* Py_BuildValue has released digests ("N") */
-            Py_CLEAR(result);
-            break;
-        }
-        PyList_SET_ITEM(result, (Py_ssize_t)g, item);
-    }
+    PyObject *result = groups_list(&gs, groups, nspecs, group);
     groups_free(&gs);
     return result;
 }
@@ -2471,30 +2515,16 @@ static int digests_init(Digests *self, PyObject *args, PyObject *kwargs) {
                           &PyTuple_Type, &specs)) {
         return -1;
     }
-    self->nspecs = PyTuple_GET_SIZE(specs);
-    int nfields = self->nfields;
-    if (nfields < 1 || nfields > DIGEST_FIELDS_MAX || self->order < 0 ||
-        self->order >= nfields || self->group < -1 || self->group >= nfields ||
-        self->nspecs < 1 || self->nspecs > DIGEST_SPECS_MAX) {
-        PyErr_SetString(PyExc_ValueError, "Digests: bad field numbers or specs");
+    const uint8_t *spec[DIGEST_SPECS_MAX];
+    const char *bad = digest_args(self->nfields, self->order, self->group, specs, spec,
+                                  self->spec_len);
+    if (bad != NULL) {
+        digest_error("Digests", bad);
         return -1;
     }
+    self->nspecs = PyTuple_GET_SIZE(specs);
     for (Py_ssize_t i = 0; i < self->nspecs; i++) {
-        PyObject *item = PyTuple_GET_ITEM(specs, i);
-        if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) % 2 != 0 ||
-            PyBytes_GET_SIZE(item) > 2 * DIGEST_FIELDS_MAX) {
-            PyErr_SetString(PyExc_ValueError, "Digests: a spec is not bytes of (field, kind) pairs");
-            return -1;
-        }
-        const uint8_t *b = (const uint8_t *)PyBytes_AS_STRING(item);
-        for (Py_ssize_t j = 0; j < PyBytes_GET_SIZE(item); j += 2) {
-            if (b[j] >= nfields || b[j + 1] < K_FIXED8 || b[j + 1] > K_METADATA) {
-                PyErr_SetString(PyExc_ValueError, "Digests: a spec names no such field or kind");
-                return -1;
-            }
-        }
-        memcpy(self->spec[i], b, (size_t)PyBytes_GET_SIZE(item));
-        self->spec_len[i] = PyBytes_GET_SIZE(item);
+        memcpy(self->spec[i], spec[i], (size_t)self->spec_len[i]);
     }
     groups_free(&self->gs);
     if (groups_init(&self->gs) < 0) {
@@ -2514,14 +2544,11 @@ static PyObject *digests_feed(Digests *self, PyObject *arg) {
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    static const uint8_t SIGNATURE[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0};
     const uint8_t *buf = view.buf;
     Py_ssize_t size = view.len;
-    const char *bad = NULL;
-    if (size < 19 || memcmp(buf, SIGNATURE, 11) != 0) {
-        bad = "Digests.feed: not a binary COPY";
-    }
-    int nfields = self->nfields, order = self->order, group = self->group;
+    Py_ssize_t off = copy_first_row(buf, size);
+    const char *bad = off < 0 ? "not a binary COPY" : NULL;
+    int order = self->order, group = self->group;
     const uint8_t *spec[DIGEST_SPECS_MAX];
     for (Py_ssize_t i = 0; i < self->nspecs; i++) {
         spec[i] = self->spec[i];
@@ -2530,30 +2557,8 @@ static PyObject *digests_feed(Digests *self, PyObject *arg) {
     const uint8_t *part[DIGEST_FIELDS_MAX];
     int32_t len[DIGEST_FIELDS_MAX];
     static const uint8_t no_id[16] = {0};
-    Py_ssize_t off = bad ? 0 : 19 + (Py_ssize_t)be32(buf + 15);
-    while (bad == NULL && self->in_order) {
-        if (off < 19 || off + 2 > size) {
-            bad = "Digests.feed: the COPY ends without its trailer";
-            break;
-        }
-        int fields = (int16_t)((buf[off] << 8) | buf[off + 1]);
-        off += 2;
-        if (fields == -1) {
-            break;
-        }
-        if (fields != nfields) {
-            bad = "Digests.feed: a row with another number of fields";
-            break;
-        }
-        Py_ssize_t next = copy_fields(buf, size, off, nfields, part, len);
-        if (next < 0) {
-            bad = "Digests.feed: a row cut short";
-            break;
-        }
-        if (len[order] != 8 || (group >= 0 && len[group] != 16)) {
-            bad = "Digests.feed: a row without its position or its id";
-            break;
-        }
+    while (bad == NULL && self->in_order &&
+           copy_next_row(buf, size, &off, self->nfields, order, group, part, len, &bad) > 0) {
         int created;
         long found = groups_find(&self->gs, group >= 0 ? part[group] : no_id, &created);
         if (found < 0) {
@@ -2579,16 +2584,11 @@ static PyObject *digests_feed(Digests *self, PyObject *arg) {
             g->last = at;
             hash_row(g->ctx, self->nspecs, spec, self->spec_len, part, len);
         }
-        off = next;
     }
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);
     if (bad != NULL) {
-        if (bad[0] == '\0') {
-            return PyErr_NoMemory();
-        }
-        PyErr_SetString(PyExc_ValueError, bad);
-        return NULL;
+        return digest_error("Digests.feed", bad);
     }
     return PyBool_FromLong(self->in_order);
 }
@@ -2612,33 +2612,13 @@ static PyObject *digests_result(Digests *self, PyObject *unused) {
         }
         n = 1;
     }
-    PyObject *result = PyList_New((Py_ssize_t)n);
-    for (size_t g = 0; result != NULL && g < n; g++) {
-        PyObject *digests =
-            gs->out[g].unordered ? Py_NewRef(Py_None) : PyTuple_New(self->nspecs);
-        for (Py_ssize_t s = 0; digests != NULL && digests != Py_None && s < self->nspecs; s++) {
+    for (size_t g = 0; g < n; g++) {
+        for (Py_ssize_t s = 0; s < self->nspecs; s++) {
             SHA256_CTX ctx = gs->out[g].ctx[s]; /* a copy: result() can be asked again */
-            uint8_t digest[SHA256_DIGEST_LENGTH];
-            SHA256_Final(digest, &ctx);
-            PyObject *d = PyBytes_FromStringAndSize((const char *)digest, SHA256_DIGEST_LENGTH);
-            if (d == NULL) {
-                Py_CLEAR(digests);
-                break;
-            }
-            PyTuple_SET_ITEM(digests, s, d);
+            SHA256_Final(gs->out[g].digest[s], &ctx);
         }
-        PyObject *item = digests == NULL
-                             ? NULL
-                             : Py_BuildValue("y#nN", (const char *)gs->out[g].id,
-                                             (Py_ssize_t)(self->group >= 0 ? 16 : 0),
-                                             (Py_ssize_t)gs->out[g].count, digests);
-        if (item == NULL) { /* Py_BuildValue has released digests ("N") */
-            Py_CLEAR(result);
-            break;
-        }
-        PyList_SET_ITEM(result, (Py_ssize_t)g, item);
     }
-    return result;
+    return groups_list(gs, n, self->nspecs, self->group);
 }
 
 static PyMethodDef digests_methods[] = {
