@@ -57,11 +57,8 @@ def _loaded_libpq() -> str | None:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return None
-    paths = {
-        line.split(None, 5)[5]
-        for line in maps.splitlines()
-        if line.count(" ") >= 5 and os.path.basename(line.split(None, 5)[-1]).startswith("libpq")
-    }
+    fields = (line.split(None, 5) for line in maps.splitlines())
+    paths = {f[5] for f in fields if len(f) == 6 and os.path.basename(f[5]).startswith("libpq")}
     return paths.pop() if len(paths) == 1 else None
 
 
