@@ -79,10 +79,12 @@ def bench_replay(
     for _ in range(runs):
         report = replay_wal(wal_dir, None, book_id)
         alone.append(report.events / report.replay_s)
+        started = time.perf_counter()  # the whole call, freeing the pass's state too
         report = replay_wal(wal_dir, db, book_id)
+        elapsed = time.perf_counter() - started
         events = report.events
         wal_rates.append(report.events / report.replay_s)
-        audit_rates.append(report.events / report.duration_s)
+        audit_rates.append(report.events / elapsed)
     return (
         statistics.median(alone),
         statistics.median(wal_rates),

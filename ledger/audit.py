@@ -1803,6 +1803,9 @@ def _audit(
             if read_models is not None:
                 report.read_models = read_models.result()
     finally:
+        # The callback refers to the scan: a cycle that would keep every account and
+        # transfer of the pass alive until the collector walked them all.
+        scan.on_chunk = None
         if store is not None:
             store.close()
         if hashing is not None:

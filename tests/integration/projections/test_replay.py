@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,22 @@ def test_a_clean_book_gets_a_clean_bill(
     assert code == 0
     assert f"hash-chain head {book.last_hash.hex()}" in out
     assert f"{book.position} events" in out
+
+
+def test_the_pass_state_is_freed_when_the_audit_returns(
+    audited: tuple[str, Path, SyntheticBook],
+) -> None:
+    """Nothing of the pass outlives the audit in a reference cycle: the collector would
+    otherwise walk every account and transfer of the book again before freeing them."""
+    url, wal_dir, _ = audited
+    gc.collect()
+    gc.disable()
+    try:
+        replay_wal(wal_dir, url, BOOK)
+        left = [o for o in gc.get_objects() if isinstance(o, (audit._WalScan, audit._Books))]
+    finally:
+        gc.enable()
+    assert left == []
 
 
 @pytest.mark.usefixtures("store_way")
