@@ -1621,24 +1621,185 @@ static Py_ssize_t canonical_of(Bytes *b, const uint8_t *const *part, const int32
     return (Py_ssize_t)b->n;
 }
 
-/* store_chunk(buf, last_position, last_hash) -> (gap, missing, unchained, unsame, hashes,
- * top): buf is a binary COPY of (position bigint, prev_hash bytea, hash bytea, canonical
- * bytea) in position order. As the SQL check of ledger.audit does it, row by row: the first
+/* The WAL's records beside the store check: a cursor over the segments' buffers that finds
+ * the record of each position the store's rows ask for, walking the records by their
+ * lengths. It only says where a record is; nothing is trusted from it but the bytes it
+ * points at, which the WAL pass checks (CRC32C and hash chain) on its own. Any record that
+ * does not look as expected (a position out of turn, a length past its segment) ends the
+ * cursor: the rows after it are hashed as without one. */
+#define WAL_SEGMENT_HEADER 72
+#define WAL_SEGMENTS_MAX 1048576
+
+typedef struct {
+    Py_buffer *seg;  /* the segments' buffers */
+    Py_ssize_t nseg; /* how many; 0: no cursor */
+    Py_ssize_t s;    /* the segment of the record after `position` */
+    Py_ssize_t off;  /* where that record starts in it */
+    long long position;
+    uint8_t prev[HASH_BYTES]; /* the hash of the record at `position` */
+    int lost;
+} WalCursor;
+
+/* Move the cursor to the record at `position`: its canonical bytes and hash, and the hash
+ * before it in *prev; 0 when it is not found so (the cursor is then lost). */
+static int wal_find(WalCursor *w, long long position, const uint8_t **canonical,
+                    Py_ssize_t *canonical_n, const uint8_t **hash, const uint8_t **prev) {
+    if (w->nseg == 0 || w->lost || position <= w->position) {
+        return 0;
+    }
+    for (;;) {
+        if (w->s >= w->nseg) {
+            w->lost = 1;
+            return 0;
+        }
+        const uint8_t *b = w->seg[w->s].buf;
+        Py_ssize_t size = w->seg[w->s].len;
+        Py_ssize_t off = w->off;
+        uint32_t length = off + HEAD_BYTES <= size ? get_u32(b + off) : 0;
+        if (length == 0) { /* the end of this segment's data */
+            w->s++;
+            w->off = WAL_SEGMENT_HEADER;
+            continue;
+        }
+        Py_ssize_t end = off + 8 + (Py_ssize_t)length;
+        uint64_t at;
+        memcpy(&at, b + off + 8, 8);
+        uint32_t clen = get_u32(b + off + 28);
+        if (end > size || (long long)at != w->position + 1 ||
+            (Py_ssize_t)clen > (Py_ssize_t)length - 24 - HASH_BYTES) {
+            w->lost = 1;
+            return 0;
+        }
+        if ((long long)at == position) {
+            *canonical = b + off + HEAD_BYTES;
+            *canonical_n = (Py_ssize_t)clen;
+            *hash = b + end - HASH_BYTES;
+            *prev = w->prev;
+            /* the cursor stays on this record until the next is asked for */
+            return 1;
+        }
+        memcpy(w->prev, b + end - HASH_BYTES, HASH_BYTES);
+        w->position = (long long)at;
+        w->off = end;
+    }
+}
+
+/* After the row at `position` was compared: step past its record. */
+static void wal_past(WalCursor *w, long long position, const uint8_t *hash) {
+    if (w->nseg == 0 || w->lost) {
+        return;
+    }
+    const uint8_t *b = w->seg[w->s].buf;
+    uint32_t length = get_u32(b + w->off);
+    memcpy(w->prev, hash, HASH_BYTES);
+    w->position = position;
+    w->off += 8 + (Py_ssize_t)length;
+}
+
+/* Take the cursor's state out of `wal` ([segments, segment, offset, position, prev]) with
+ * the lock held; the segments' buffers are held until wal_put. */
+static int wal_get(PyObject *wal, WalCursor *w) {
+    memset(w, 0, sizeof(*w));
+    if (wal == NULL || wal == Py_None) {
+        return 0;
+    }
+    if (!PyList_Check(wal) || PyList_GET_SIZE(wal) != 5 || !PyList_Check(PyList_GET_ITEM(wal, 0))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "store_chunk: wal is [segments, segment, offset, position, prev]");
+        return -1;
+    }
+    PyObject *segments = PyList_GET_ITEM(wal, 0);
+    Py_ssize_t n = PyList_GET_SIZE(segments);
+    w->s = PyLong_AsSsize_t(PyList_GET_ITEM(wal, 1));
+    w->off = PyLong_AsSsize_t(PyList_GET_ITEM(wal, 2));
+    w->position = PyLong_AsLongLong(PyList_GET_ITEM(wal, 3));
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *prev = PyList_GET_ITEM(wal, 4);
+    if (!PyBytes_Check(prev) || PyBytes_GET_SIZE(prev) != HASH_BYTES || n > WAL_SEGMENTS_MAX) {
+        PyErr_SetString(PyExc_ValueError, "store_chunk: a bad cursor");
+        return -1;
+    }
+    memcpy(w->prev, PyBytes_AS_STRING(prev), HASH_BYTES);
+    w->seg = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
+    if (w->seg == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(segments, i), &w->seg[i], PyBUF_SIMPLE) < 0) {
+            w->nseg = i;
+            return -1;
+        }
+        w->nseg = i + 1;
+    }
+    w->lost = w->s < 0 || w->off < WAL_SEGMENT_HEADER;
+    return 0;
+}
+
+/* Store the cursor back in `wal` (a lost one as past the last segment) and release the
+ * buffers; -1 with an error set when that fails. */
+static int wal_put(PyObject *wal, WalCursor *w, int store) {
+    int rc = 0;
+    if (store && wal != NULL && wal != Py_None) {
+        PyObject *items[4] = {
+            PyLong_FromSsize_t(w->lost ? w->nseg : w->s),
+            PyLong_FromSsize_t(w->off),
+            PyLong_FromLongLong(w->position),
+            PyBytes_FromStringAndSize((const char *)w->prev, HASH_BYTES),
+        };
+        for (int i = 0; i < 4; i++) {
+            if (items[i] == NULL || rc < 0) {
+                Py_XDECREF(items[i]);
+                rc = -1;
+                continue;
+            }
+            PyList_SetItem(wal, i + 1, items[i]); /* steals it */
+        }
+    }
+    for (Py_ssize_t i = 0; i < w->nseg; i++) {
+        PyBuffer_Release(&w->seg[i]);
+    }
+    PyMem_Free(w->seg);
+    w->seg = NULL;
+    w->nseg = 0;
+    return rc;
+}
+
+/* store_chunk(buf, last_position, last_hash[, wal]) -> (gap, missing, unchained, unsame,
+ * hashes, top): buf is a binary COPY of (position bigint, prev_hash bytea, hash bytea,
+ * canonical bytea), or of the columns the canonical bytes are put together from, in
+ * position order. As the SQL check of ledger.audit does it, row by row: the first
  * position that does not follow the one before it (and the position missing there), the
  * first whose prev_hash is not the hash of the row before it, how many rows do not give
  * their hash (sha256(prev_hash || canonical)), the stored hashes end to end and the last
  * position (None when there is no row). The row before the first is (last_position,
- * last_hash). The work runs without the interpreter lock. */
+ * last_hash). The work runs without the interpreter lock.
+ *
+ * With `wal`, a cursor over the WAL's segment buffers ([segments, segment, offset, position,
+ * prev hash], moved on in place), a row whose canonical bytes, hash and prev_hash are the
+ * bytes of the WAL's record at its position is not hashed again: the WAL pass checks that
+ * record's hash, and a row that is its copy hashes alike. Every other row is hashed. */
 static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
     Py_buffer view, lastv;
     long long last_position;
-    if (!PyArg_ParseTuple(args, "y*Ly*:store_chunk", &view, &last_position, &lastv)) {
+    PyObject *wal = NULL;
+    if (!PyArg_ParseTuple(args, "y*Ly*|O:store_chunk", &view, &last_position, &lastv, &wal)) {
+        return NULL;
+    }
+    WalCursor cursor;
+    if (wal_get(wal, &cursor) < 0) {
+        wal_put(wal, &cursor, 0);
+        PyBuffer_Release(&view);
+        PyBuffer_Release(&lastv);
         return NULL;
     }
     static const uint8_t SIGNATURE[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0};
     const uint8_t *buf = view.buf;
     Py_ssize_t size = view.len;
     if (lastv.len != SHA256_DIGEST_LENGTH || size < 19 || memcmp(buf, SIGNATURE, 11) != 0) {
+        wal_put(wal, &cursor, 0);
         PyBuffer_Release(&view);
         PyBuffer_Release(&lastv);
         PyErr_SetString(PyExc_ValueError, "store_chunk: not a binary COPY, or a bad last hash");
@@ -1648,6 +1809,7 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
     size_t most = (size_t)size / 26 + 1;
     uint8_t *hashes = PyMem_RawMalloc(most * SHA256_DIGEST_LENGTH);
     if (hashes == NULL) {
+        wal_put(wal, &cursor, 0);
         PyBuffer_Release(&view);
         PyBuffer_Release(&lastv);
         return PyErr_NoMemory();
@@ -1723,7 +1885,21 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
             }
             canonical = built.p;
         }
-        if (hashes_ok && canonical_n >= 0) {
+        const uint8_t *wal_canonical, *wal_hash, *wal_prev;
+        Py_ssize_t wal_n;
+        int copy = hashes_ok && canonical_n >= 0 &&
+                   wal_find(&cursor, position, &wal_canonical, &wal_n, &wal_hash, &wal_prev);
+        if (copy) {
+            if (wal_n != canonical_n || memcmp(wal_canonical, canonical, (size_t)wal_n) != 0 ||
+                memcmp(wal_hash, part[2], HASH_BYTES) != 0 ||
+                memcmp(wal_prev, part[1], HASH_BYTES) != 0) {
+                copy = 0; /* hashed, below, to tell an edited row from another event */
+            }
+            wal_past(&cursor, position, wal_hash);
+        }
+        if (copy) {
+            /* the WAL's record: the WAL pass checks its hash */
+        } else if (hashes_ok && canonical_n >= 0) {
             SHA256_CTX ctx;
             uint8_t digest[SHA256_DIGEST_LENGTH];
             SHA256_Init(&ctx);
@@ -1743,6 +1919,10 @@ static PyObject *py_store_chunk(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&view);
     PyMem_RawFree(built.p);
+    if (wal_put(wal, &cursor, bad == NULL) < 0) {
+        PyMem_RawFree(hashes);
+        return NULL;
+    }
     if (bad != NULL) {
         PyMem_RawFree(hashes);
         if (bad[0] == '\0') {
@@ -2657,7 +2837,7 @@ static PyMethodDef methods[] = {
      "set_metadata_bytes(fn) -> None: fn(raw JSON) gives the hashed bytes of a transfer's "
      "metadata that is not {}"},
     {"store_chunk", py_store_chunk, METH_VARARGS,
-     "store_chunk(buf, last_position, last_hash) -> (gap, missing, unchained, unsame, "
+     "store_chunk(buf, last_position, last_hash[, wal]) -> (gap, missing, unchained, unsame, "
      "hashes, top): a binary COPY of the events rows, checked (see ledger.audit)"},
     {"copy_digests", py_copy_digests, METH_VARARGS,
      "copy_digests(buf, fields, order, group, specs) -> [(group, count, digests)]: sha256 "

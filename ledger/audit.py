@@ -62,7 +62,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -818,20 +818,47 @@ def _row_canonical(row: tuple[Any, ...]) -> bytes:
     )
 
 
-def _verify_store(database_url: str, book_id: str, out: Any, stop: Any = None) -> None:
+def _wal_beside(stack: contextlib.ExitStack, paths: Sequence[Path]) -> list[Any] | None:
+    """The native store check's cursor over the WAL's segments (``_replay.store_chunk``):
+    a row that is a byte-for-byte copy of its WAL record is not hashed again, as the WAL
+    pass checks that record's hash. None without segments to map (the rows are hashed)."""
+    segments: list[Any] = []
+    for path in paths:
+        with open(path, "rb") as fh:  # the map holds the file open by itself
+            if os.fstat(fh.fileno()).st_size == 0:
+                break  # the pass reports the empty segment; the rows after it are hashed
+            segments.append(stack.enter_context(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)))
+    if not segments:
+        return None
+    return [segments, 0, HEADER_BYTES, 0, GENESIS_HASH]
+
+
+def _verify_store(
+    database_url: str,
+    book_id: str,
+    out: Any,
+    stop: Any = None,
+    wal_paths: Sequence[Path] = (),
+) -> None:
     """Runs on a thread: each ``events`` row is checked against its hash and the chain,
     one chunk of ``CHUNK_POSITIONS`` positions per statement (:func:`_store_chunk`), in
     one snapshot; this sends ``("chunk", index, hashes)`` per chunk, then
     ``("done", count, None)`` or ``("finding", where, what)``. Rows that do not hash as
     their columns put together as they are give them are hashed again here from their
-    parsed fields, and only reported if that fails too."""
+    parsed fields, and only reported if that fails too. With ``wal_paths`` (the WAL's
+    segments), the native check compares each row with its WAL record instead of hashing
+    it when the two are the same bytes (:func:`_wal_beside`)."""
     import psycopg
 
     from projections.tracking import dsn
 
     try:
         chunk_size = CHUNK_POSITIONS
-        with psycopg.connect(dsn(database_url)) as conn:
+        with (
+            contextlib.ExitStack() as stack,
+            psycopg.connect(dsn(database_url)) as conn,
+        ):
+            wal = _wal_beside(stack, wal_paths) if wal_paths and _native_books else None
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             row = conn.execute(
                 "SELECT max(position) FROM events WHERE book_id = %s", (book_id,)
@@ -850,6 +877,7 @@ def _verify_store(database_url: str, book_id: str, out: Any, stop: Any = None) -
                     "last_position": last_position,
                     "last_hash": last_hash,
                     "size": size,
+                    "wal": wal,
                 }
                 gap, missing, unchained, unsame, hashes, top = _store_chunk(conn, params)
                 size = params["size"]
@@ -916,7 +944,11 @@ def _store_chunk_native(conn: Any, params: dict[str, Any]) -> tuple[Any, ...]:
     # Sized as the chunk before it (params["size"]), so that the buffer seldom grows.
     buf = copy_out(conn, _STORE_COPY_SQL, params, size_hint=params["size"] + (1 << 16))
     params["size"] = len(memoryview(buf))
-    return tuple(_native_books.store_chunk(buf, params["last_position"], params["last_hash"]))
+    return tuple(
+        _native_books.store_chunk(
+            buf, params["last_position"], params["last_hash"], params.get("wal")
+        )
+    )
 
 
 def _store_chunk(conn: Any, params: dict[str, Any]) -> tuple[Any, ...]:
@@ -938,14 +970,14 @@ def _first_edited(conn: Any, params: dict[str, Any]) -> int | None:
 class _StoreCheck:
     """The parent's side of step 3: compares the store's chunks with the WAL's."""
 
-    def __init__(self, database_url: str, book_id: str) -> None:
+    def __init__(self, database_url: str, book_id: str, wal_paths: Sequence[Path] = ()) -> None:
         self.book_id = book_id
         self.database_url = database_url
         self.queue: queue.Queue[tuple[str, Any, Any]] = queue.Queue(maxsize=64)
         self.stop = threading.Event()
         self.thread = threading.Thread(
             target=_verify_store,
-            args=(database_url, book_id, self.queue, self.stop),
+            args=(database_url, book_id, self.queue, self.stop, wal_paths),
             name="audit-event-store",
             daemon=True,
         )
@@ -1745,7 +1777,7 @@ def _audit(
         raise FileNotFoundError(f"no WAL segment files (*.wal) in {directory}")
     books = _Books()
     scan.books = books
-    store = _StoreCheck(database_url, book_id) if database_url else None
+    store = _StoreCheck(database_url, book_id, scan.paths) if database_url else None
     hashing = ThreadPoolExecutor(2, "audit-digests") if database_url else None
     digests: _Digests | None = None
     if hashing is not None and database_url:

@@ -3,15 +3,22 @@ buffers built here: each finding at its row, as the SQL check gives them."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import struct
 import uuid
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from ledger import _replay
-from ledger.application.records import canonical_bytes
+from ledger.adapters.wal import HEADER_BYTES, open_wal, segment_paths
+from ledger.application.records import EventRecord, canonical_bytes
+from projections.workload import SyntheticBook
+from tests.unit.test_audit_paths import _rechained
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
@@ -175,3 +182,124 @@ def test_an_edited_or_null_column_makes_the_row_not_hash() -> None:
     )
     assert (unchained, unsame, top) == (None, 2, 3)
     assert hashes[32:64] == h2
+
+
+# With a cursor over the WAL's segments: a row that is the byte-for-byte copy of its WAL
+# record (canonical bytes, hash and prev_hash) is not hashed again, since the WAL pass
+# checks that record's hash; every other row is hashed as without the cursor.
+
+
+def _wal(directory: Path, count: int) -> list[EventRecord]:
+    book = SyntheticBook(seed=3)
+    records = [r for batch in book.batches(count // 50 + 1, 50) for r in batch][:count]
+    wal, _ = open_wal(directory, 1 << 14)  # small segments: a chunk spans several
+    for i in range(0, len(records), 25):
+        wal.append_batch(records[i : i + 25])
+    wal.close()
+    return records
+
+
+def _copy(records: list[EventRecord]) -> bytes:
+    return HEADER + b"".join(row(r.position, r.prev_hash, r.canonical(), r.hash) for r in records)
+
+
+def _cursor(directory: Path, stack: contextlib.ExitStack) -> list[Any]:
+    segments = []
+    for path in segment_paths(directory):
+        with open(path, "rb") as fh:
+            segments.append(stack.enter_context(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)))
+    return [segments, 0, HEADER_BYTES, 0, GENESIS]
+
+
+def _chunks(records: list[EventRecord], size: int, wal: list[Any] | None) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    last, last_hash = 0, GENESIS
+    for i in range(0, len(records), size):
+        got = _replay.store_chunk(_copy(records[i : i + size]) + TRAILER, last, last_hash, wal)
+        out.append(got)
+        assert got[5] is not None
+        last, last_hash = got[5], got[4][-32:]
+    return out
+
+
+def test_rows_checked_beside_the_wal_find_what_hashing_finds(tmp_path: Path) -> None:
+    records = _wal(tmp_path, 400)
+    assert len(segment_paths(tmp_path)) > 4
+    with contextlib.ExitStack() as stack:
+        wal = _cursor(tmp_path, stack)
+        assert _chunks(records, 97, wal) == _chunks(records, 97, None)
+        assert all(got[:4] == (None, None, None, 0) for got in _chunks(records, 97, None))
+        # the cursor ends on the last record, in the last segment
+        assert wal[3] == 400 and wal[1] == len(wal[0]) - 1 and wal[4] == records[-1].hash
+
+
+def test_a_row_that_copies_its_wal_record_is_left_to_the_wal_pass(tmp_path: Path) -> None:
+    """Row 150 and its WAL record carry the same edited bytes (the record's CRC no longer
+    holds, which the WAL pass reports): hashed, the row does not give its hash; beside the
+    WAL it is not hashed again. Row 151 edited in the store alone is hashed either way."""
+    records = _wal(tmp_path, 300)
+    r = records[149]
+    canonical = r.canonical()
+    edited = canonical.replace(b'"type":"', b'"type":"X', 1)[: len(canonical)]
+    assert edited != canonical
+    path, at = next(
+        (p, p.read_bytes().find(canonical))
+        for p in segment_paths(tmp_path)
+        if canonical in p.read_bytes()
+    )
+    data = bytearray(path.read_bytes())
+    data[at : at + len(canonical)] = edited
+    path.write_bytes(bytes(data))
+    rows = [row(x.position, x.prev_hash, x.canonical(), x.hash) for x in records]
+    rows[149] = row(r.position, r.prev_hash, edited, r.hash)
+    n = records[150]
+    rows[150] = row(n.position, n.prev_hash, n.canonical() + b" ", n.hash)
+    buf = HEADER + b"".join(rows) + TRAILER
+    assert _replay.store_chunk(buf, 0, GENESIS)[3] == 2
+    with contextlib.ExitStack() as stack:
+        assert _replay.store_chunk(buf, 0, GENESIS, _cursor(tmp_path, stack))[3] == 1
+
+
+def test_a_row_hashed_anew_is_not_taken_for_its_wal_record(tmp_path: Path) -> None:
+    """Rows 10 and 11 replaced by other events hashed and chained anew: they hash, so no
+    row is unsame, and their hashes come back to differ from the WAL's."""
+    records = _wal(tmp_path, 60)
+    other = _rechained(records, {i: {**records[i].data, "memo": "other"} for i in (9, 10)})
+    with contextlib.ExitStack() as stack:
+        got = _replay.store_chunk(_copy(other) + TRAILER, 0, GENESIS, _cursor(tmp_path, stack))
+    assert got[:4] == (None, None, None, 0)
+    assert got[4] == b"".join(r.hash for r in other)
+    assert got[4][9 * 32 : 10 * 32] != records[9].hash
+
+
+def test_rows_missing_from_the_store_are_stepped_over(tmp_path: Path) -> None:
+    records = _wal(tmp_path, 200)
+    kept = records[:40] + records[90:]
+    with contextlib.ExitStack() as stack:
+        wal = _cursor(tmp_path, stack)
+        assert _chunks(kept, 50, wal) == _chunks(kept, 50, None)
+        assert wal[3] == 200
+
+
+def test_a_cursor_that_loses_the_wal_hashes_the_rows_after(tmp_path: Path) -> None:
+    """Segments handed over out of order: the cursor stops at the first record that does
+    not follow and every row after it is hashed (an edited one is still found)."""
+    records = _wal(tmp_path, 200)
+    rows = [row(x.position, x.prev_hash, x.canonical(), x.hash) for x in records]
+    rows[180] = row(181, records[180].prev_hash, records[180].canonical() + b" ", records[180].hash)
+    with contextlib.ExitStack() as stack:
+        wal = _cursor(tmp_path, stack)
+        wal[0] = [wal[0][0], *wal[0][2:]]
+        got = _replay.store_chunk(HEADER + b"".join(rows) + TRAILER, 0, GENESIS, wal)
+        assert got[:4] == (None, None, None, 1)
+        assert wal[1] == len(wal[0])  # lost: past the last segment
+
+
+@pytest.mark.parametrize(
+    "wal",
+    [[], [[], 0, 0, 0], [(), 0, HEADER_BYTES, 0, GENESIS], [[], 0, HEADER_BYTES, 0, b"x"]],
+    ids=["empty", "short", "segments not a list", "bad prev"],
+)
+def test_a_bad_cursor_is_refused(wal: list[Any]) -> None:
+    with pytest.raises((TypeError, ValueError), match="store_chunk"):
+        _replay.store_chunk(HEADER + TRAILER, 0, GENESIS, wal)

@@ -20,14 +20,17 @@ from tests.integration.projections.conftest import project_from_store
 BOOK = "audit"
 
 
-@pytest.fixture(params=["native", "sql"])
+@pytest.fixture(params=["native", "native beside the WAL", "sql"])
 def store_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The event store's rows checked from a binary COPY here (natively), or by PostgreSQL
-    itself: both must find the same things at the same places."""
+    """The event store's rows checked from a binary COPY here (natively: each row hashed,
+    or compared with its WAL record and hashed only when it differs), or by PostgreSQL
+    itself: all must find the same things at the same places."""
     if request.param == "sql":
         monkeypatch.setattr(audit, "_store_chunk", audit._store_chunk_sql)
     else:
         monkeypatch.setattr(audit, "_store_chunk", audit._store_chunk_native)
+    if request.param == "native":
+        monkeypatch.setattr(audit, "_wal_beside", lambda stack, paths: None)
     return str(request.param)
 
 
@@ -73,6 +76,26 @@ def test_a_clean_book_gets_a_clean_bill(
     assert code == 0
     assert f"hash-chain head {book.last_hash.hex()}" in out
     assert f"{book.position} events" in out
+
+
+def test_the_store_check_reads_the_wal_beside_it(
+    audited: tuple[str, Path, SyntheticBook], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit hands the event store check the WAL's segments, so that the rows that
+    copy their records are not hashed a second time (tests/unit/test_store_chunk.py)."""
+    url, wal_dir, _ = audited
+    seen: list[list[Path]] = []
+    beside = audit._wal_beside
+
+    def spy(stack: Any, paths: Any) -> Any:
+        seen.append(list(paths))
+        cursor = beside(stack, paths)
+        assert cursor is not None
+        return cursor
+
+    monkeypatch.setattr(audit, "_wal_beside", spy)
+    replay_wal(wal_dir, url, BOOK)
+    assert seen == [segment_paths(wal_dir)]
 
 
 def test_the_pass_state_is_freed_when_the_audit_returns(
@@ -403,9 +426,9 @@ class _Sink:
         self.items.append(item)
 
 
-def _store_check(url: str) -> list[tuple[Any, ...]]:
+def _store_check(url: str, wal_dir: Path) -> list[tuple[Any, ...]]:
     sink = _Sink()
-    audit._verify_store(url, BOOK, sink)
+    audit._verify_store(url, BOOK, sink, wal_paths=segment_paths(wal_dir))
     return sink.items
 
 
@@ -427,14 +450,14 @@ def _tamper(url: str, statement: str, *params: Any) -> None:
 def test_the_store_check_sends_the_stored_hashes_chunk_by_chunk(
     audited: tuple[str, Path, SyntheticBook], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url, _, book = audited
+    url, wal_dir, book = audited
     monkeypatch.setattr(audit, "CHUNK_POSITIONS", 97)
     # Rows PostgreSQL cannot put together as they were hashed (normalised json text) are
     # checked again in Python, and pass.
     _tamper(
         url, "UPDATE events SET data = data::jsonb::json WHERE book_id = %s AND position %% 89 = 5"
     )
-    items = _store_check(url)
+    items = _store_check(url, wal_dir)
     hashes = _stored_hashes(url)
     assert items[-1] == ("done", book.position, None)
     chunks = [("chunk", i, b"".join(hashes[i * 97 : (i + 1) * 97])) for i in range(len(items) - 1)]
@@ -446,7 +469,7 @@ def test_the_store_check_sends_the_stored_hashes_chunk_by_chunk(
         "UPDATE events SET recorded_at_us = recorded_at_us + 1 "
         "WHERE book_id = %s AND position = 1500",
     )
-    items = _store_check(url)
+    items = _store_check(url, wal_dir)
     assert items[-1][0] == "finding"
     assert "position 1500 (event " in items[-1][1]
     assert items[-1][2] == "the row's content does not match its hash (edited?)"
@@ -469,7 +492,7 @@ def test_a_deleted_events_row_is_found_as_missing(
     url, wal_dir, _ = audited
     monkeypatch.setattr(audit, "CHUNK_POSITIONS", 97)
     _tamper(url, "DELETE FROM events WHERE book_id = %s AND position = ANY(%s)", list(deleted))
-    items = _store_check(url)
+    items = _store_check(url, wal_dir)
     assert items[-1][0] == "finding"
     assert f"position {found_at} (event " in items[-1][1]
     assert items[-1][2] == f"position {deleted[0]} is missing"
@@ -514,7 +537,7 @@ def test_a_row_re_hashed_after_an_edit_is_found_by_the_wal(
         "WHERE book_id = %s AND position = %s",
         last,
     )
-    assert _store_check(url)[-1] == ("done", last, None)
+    assert _store_check(url, wal_dir)[-1] == ("done", last, None)
     with pytest.raises(Finding) as found:
         replay_wal(wal_dir, url, BOOK)
     assert found.value.where == f"events row book 'audit' position {last}"
