@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,35 @@ def test_the_store_check_reads_the_wal_beside_it(
     monkeypatch.setattr(audit, "_wal_beside", spy)
     replay_wal(wal_dir, url, BOOK)
     assert seen == [segment_paths(wal_dir)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
+def test_the_checks_beside_the_pass_run_at_a_lower_priority(
+    audited: tuple[str, Path, SyntheticBook], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL pass is one thread that nothing can share; the event store check and the
+    read models' digests run at a lower priority so that they fill the idle core instead
+    of holding the pass back."""
+    url, wal_dir, _ = audited
+    seen: dict[str, int] = {}
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def spy(name: str, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            seen[name] = niceness()
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("_verify_store", "_entry_digests", "_transfer_digest"):
+        monkeypatch.setattr(audit, name, spy(name, getattr(audit, name)))
+    mine = niceness()
+    replay_wal(wal_dir, url, BOOK)
+    assert niceness() == mine  # the pass's own thread is left as it was
+    expected = min(mine + audit._BESIDE_NICE, 19)
+    assert seen == dict.fromkeys(("_verify_store", "_entry_digests", "_transfer_digest"), expected)
 
 
 def test_the_pass_state_is_freed_when_the_audit_returns(
