@@ -872,7 +872,7 @@ def _verify_store(
     it when the two are the same bytes (:func:`_wal_beside`)."""
     import psycopg
 
-    from projections.tracking import dsn
+    from ledger.pgconn import dsn
 
     try:
         chunk_size = CHUNK_POSITIONS
@@ -1085,8 +1085,7 @@ def _compare_read_models(
     digests: _Digests,
     directory: Path,
 ) -> dict[str, str]:
-    from projections import PROJECTION_NAMES
-    from projections.tracking import connect, read_checkpoint
+    from ledger.pgconn import PROJECTION_NAMES, connect, read_checkpoint
 
     summaries: dict[str, str] = {}
     with connect(database_url) as conn:
@@ -1249,7 +1248,7 @@ def _hashed(
 ) -> tuple[int, _T]:
     """A read model's checkpoint and what ``query`` reads on the same connection, in one
     snapshot."""
-    from projections.tracking import connect, read_checkpoint
+    from ledger.pgconn import connect, read_checkpoint
 
     with (
         connect(database_url, autocommit=False) as conn,
@@ -1874,15 +1873,17 @@ def _audit(
 
 def replay_command(args: Any) -> int:
     """``ledger wal replay DIR [--database-url URL] [--book ID] [--domain] [--no-progress]``."""
-    from ledger.config import get_settings
-
     directory = Path(args.dir)
     if not directory.is_dir() or not segment_paths(directory):
         print(f"ledger wal replay: no WAL segment files (*.wal) in {directory}", file=sys.stderr)
         return 2
-    settings = get_settings()
-    url = args.database_url or settings.database_url
-    book_id = args.book or settings.book_id
+    url, book_id = args.database_url, args.book
+    if not url or not book_id:  # the settings (pydantic, 0.2 s to import) only when needed
+        from ledger.config import get_settings
+
+        settings = get_settings()
+        url = url or settings.database_url
+        book_id = book_id or settings.book_id
     if not url:
         print(
             "ledger wal replay: no database: set LEDGER_DATABASE_URL or --database-url",

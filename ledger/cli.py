@@ -225,12 +225,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    from ledger.config import ConfigError
-
     handler: Handler = args.handler
     try:
         return handler(args)
-    except ConfigError as exc:
+    except ValueError as exc:
+        # A ConfigError comes only from ledger.config, so it is looked up only once that
+        # is loaded: a command that needs no settings starts without pydantic (0.2 s).
+        config = sys.modules.get("ledger.config")
+        if config is None or not isinstance(exc, config.ConfigError):
+            raise
         print(f"ledger: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ serves the API's reads.
 
 from __future__ import annotations
 
+from ledger.pgconn import PROJECTION_NAMES
 from projections.base import (
     Projection,
     ProjectionError,
@@ -37,8 +38,6 @@ __all__ = [
     "all_projections",
     "get_projections",
 ]
-
-PROJECTION_NAMES: tuple[str, ...] = ("balances", "entries", "transfers", "trial_balance")
 
 
 def all_projections() -> list[Projection]:

@@ -25,13 +25,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
 import psycopg
-from psycopg.types.json import set_json_loads
 
 from ledger.application.records import EventRecord
-from ledger.devservices import normalise_pg_url
 from ledger.domain.events import EVENT_TYPES
+from ledger.pgconn import connect, dsn, read_checkpoint
 from projections.base import Projection, ProjectionInvariantViolated, TableNames
 
 __all__ = [
@@ -55,19 +53,6 @@ _SELECT_EVENTS: Final = (
     "recorded_at_us, prev_hash, hash FROM events "
     "WHERE book_id = %s AND position >= %s AND position <= %s ORDER BY position LIMIT %s"
 )
-
-
-def dsn(url: str) -> str:
-    """A libpq URL from any of the accepted database URL spellings."""
-    return normalise_pg_url(url).replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-    """An autocommit psycopg connection (``conn.transaction()`` opens real transactions)
-    that decodes ``jsonb`` with orjson."""
-    conn = psycopg.connect(dsn(url), autocommit=autocommit)
-    set_json_loads(orjson.loads, conn)
-    return conn
 
 
 def lock_key(checkpoint: str) -> int:
@@ -128,14 +113,6 @@ def book_heads(conn: psycopg.Connection[Any]) -> dict[str, int]:
         ).fetchone()
         heads[book] = int(row[0]) if row and row[0] is not None else 0
     return heads
-
-
-def read_checkpoint(conn: psycopg.Connection[Any], checkpoint: str, book_id: str) -> int:
-    row = conn.execute(
-        "SELECT position FROM projection_checkpoints WHERE projection = %s AND book_id = %s",
-        (checkpoint, book_id),
-    ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def write_checkpoint(

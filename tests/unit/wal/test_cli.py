@@ -191,3 +191,42 @@ def test_verify_of_a_log_being_written_leaves_the_batch_in_flight_unchecked(
     assert not is_open_for_writing(tmp_path)
     assert main(["wal", "verify", str(tmp_path)]) == 1
     assert "torn tail" in capsys.readouterr().err
+
+
+def test_an_invalid_setting_is_a_usage_error_naming_the_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wal replay`` without --database-url reads the settings; a bad LEDGER_* variable
+    there exits 2 with its name, as for every command."""
+    from ledger.config import get_settings
+
+    write_log(tmp_path, [2] * 3)
+    monkeypatch.setenv("LEDGER_BATCH_SIZE_MAX", "many")
+    get_settings.cache_clear()
+    try:
+        assert main(["wal", "replay", str(tmp_path), "--no-progress"]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert err.startswith("ledger: invalid configuration:")
+    assert "LEDGER_BATCH_SIZE_MAX" in err
+
+
+def test_replay_with_its_url_and_book_given_starts_without_the_settings(tmp_path: Path) -> None:
+    """``ledger wal replay DIR --database-url URL --book ID`` loads neither the settings
+    (pydantic) nor the read models' SQLAlchemy tables: a fresh interpreter shows it."""
+    write_log(tmp_path, [2] * 3)
+    code = (
+        "import sys\n"
+        "from ledger.cli import main\n"
+        f"rc = main(['wal', 'replay', {str(tmp_path)!r}, '--database-url',"
+        " 'postgresql://nobody@127.0.0.1:1/none', '--book', 'b', '--no-progress'])\n"
+        "heavy = sorted(m for m in ('pydantic', 'sqlalchemy', 'projections') if m in sys.modules)\n"
+        "print(rc, heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    rc, heavy = out.strip().splitlines()[-1].split(" ", 1)
+    assert heavy == "[]"
+    assert rc in {"1", "2"}  # these records are no book's, and no server answers there
