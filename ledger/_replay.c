@@ -1390,15 +1390,36 @@ static PyObject *py_apply_records(PyObject *self, PyObject *args) {
  * does not take (an id not in the canonical text form, a number that is not an int, a
  * text that is not a str) makes it return None, and the reference computes the digest. */
 
-static int text_part(SHA256_CTX *ctx, PyObject *o) {
+/* The bytes of many small parts gathered before they are hashed: SHA256_Update has a cost
+ * per call that the parts of a transfer's state (a few bytes each) would pay many times. */
+typedef struct {
+    SHA256_CTX ctx;
+    size_t n;
+    uint8_t buf[8192];
+} Gather;
+
+static void gather(Gather *g, const void *s, size_t n) {
+    if (g->n + n > sizeof(g->buf)) {
+        SHA256_Update(&g->ctx, g->buf, g->n);
+        g->n = 0;
+        if (n > sizeof(g->buf)) {
+            SHA256_Update(&g->ctx, s, n);
+            return;
+        }
+    }
+    memcpy(g->buf + g->n, s, n);
+    g->n += n;
+}
+
+static int text_part(Gather *g, PyObject *o) {
     Py_ssize_t n;
     const char *s = PyUnicode_Check(o) ? PyUnicode_AsUTF8AndSize(o, &n) : NULL;
     if (s == NULL) {
         PyErr_Clear();
         return 0;
     }
-    SHA256_Update(ctx, s, (size_t)n);
-    SHA256_Update(ctx, "", 1);
+    gather(g, s, (size_t)n);
+    gather(g, "", 1);
     return 1;
 }
 
@@ -1418,13 +1439,43 @@ static int id_part(uint8_t *out, PyObject *o) {
     return uuid16(&f, out);
 }
 
+/* Account ids by the str object that holds them: the transfers of an account share its
+ * key object, so each is parsed about once. The objects live as long as the dict. */
+#define ID_CACHE 4096
+typedef struct {
+    PyObject *key;
+    uint8_t id[16];
+} IdCached;
+
+static int id_cached(IdCached *cache, uint8_t *out, PyObject *o) {
+    IdCached *c = &cache[((uintptr_t)o >> 4) & (ID_CACHE - 1)];
+    if (c->key == o) {
+        memcpy(out, c->id, 16);
+        return 1;
+    }
+    if (!id_part(out, o)) {
+        return 0;
+    }
+    c->key = o;
+    memcpy(c->id, out, 16);
+    return 1;
+}
+
 static PyObject *py_transfer_states(PyObject *self, PyObject *transfers) {
     if (!PyDict_Check(transfers)) {
         PyErr_SetString(PyExc_TypeError, "transfer_states needs a dict");
         return NULL;
     }
-    SHA256_CTX ctx;
-    SHA256_Init(&ctx);
+    Gather *g = PyMem_Malloc(sizeof(Gather));
+    IdCached *cache = PyMem_Calloc(ID_CACHE, sizeof(IdCached));
+    if (g == NULL || cache == NULL) {
+        PyMem_Free(g);
+        PyMem_Free(cache);
+        return PyErr_NoMemory();
+    }
+    SHA256_Init(&g->ctx);
+    g->n = 0;
+    PyObject *result = NULL;
     Py_ssize_t at = 0;
     PyObject *key, *value;
     while (PyDict_Next(transfers, &at, &key, &value)) {
@@ -1437,33 +1488,42 @@ static PyObject *py_transfer_states(PyObject *self, PyObject *transfers) {
             items = PySequence_Fast_ITEMS(value);
             n = PyList_GET_SIZE(value);
         } else {
-            Py_RETURN_NONE;
+            goto none;
         }
         long long amount, posted, resolved = 0;
         uint8_t fixed[48], *p = fixed;
         int has_resolved = n > 7 && items[7] != Py_None;
         if (n < 7 || !int_of(items[1], &amount) || !int_of(items[2], &posted) ||
-            (has_resolved && !int_of(items[7], &resolved)) || !id_part(fixed + 16, items[3]) ||
-            !id_part(fixed + 32, items[4]) || !text_part(&ctx, items[0])) {
+            (has_resolved && !int_of(items[7], &resolved)) ||
+            !id_cached(cache, fixed + 16, items[3]) || !id_cached(cache, fixed + 32, items[4]) ||
+            !text_part(g, items[0])) {
             PyErr_Clear();
-            Py_RETURN_NONE;
+            goto none;
         }
         p = put_i64(p, amount);
         put_i64(p, posted);
-        SHA256_Update(&ctx, fixed, sizeof(fixed));
-        if (!text_part(&ctx, items[5]) || !text_part(&ctx, items[6])) {
-            Py_RETURN_NONE;
+        gather(g, fixed, sizeof(fixed));
+        if (!text_part(g, items[5]) || !text_part(g, items[6])) {
+            goto none;
         }
         uint8_t tail[9] = {0};
         if (has_resolved) {
             tail[0] = 1;
             put_i64(tail + 1, resolved);
         }
-        SHA256_Update(&ctx, tail, has_resolved ? 9 : 1);
+        gather(g, tail, has_resolved ? 9 : 1);
     }
+    SHA256_Update(&g->ctx, g->buf, g->n);
     unsigned char out[SHA256_DIGEST_LENGTH];
-    SHA256_Final(out, &ctx);
-    return PyBytes_FromStringAndSize((const char *)out, SHA256_DIGEST_LENGTH);
+    SHA256_Final(out, &g->ctx);
+    result = PyBytes_FromStringAndSize((const char *)out, SHA256_DIGEST_LENGTH);
+    goto done;
+none:
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(g);
+    PyMem_Free(cache);
+    return result;
 }
 
 /* metadata_bytes(raw) -> bytes | None: what the pass hashes for a transfer's metadata
