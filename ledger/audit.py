@@ -20,9 +20,13 @@ What is checked, in this order (the first finding is reported with its location)
    the native extension without the interpreter lock (or, without the extension,
    PostgreSQL puts the bytes together, hashes them and sends only the hashes); the main
    process compares the stored hashes with the WAL's, position by position. Equal hashes
-   on a verified chain mean equal ids and contents. A row whose columns, put together as
-   they are, do not give the bytes it was hashed from (written before ``data`` became
-   ``json``) is hashed again in Python before it is reported.
+   on a verified chain mean equal ids and contents. The native check also walks the
+   WAL's segments beside the rows: a row whose canonical bytes, hash and prev_hash are
+   the bytes of its WAL record is not hashed a second time, as step 1 checks that
+   record's hash (a row that differs is hashed, to tell an edit from another event). A
+   row whose columns, put together as they are, do not give the bytes it was hashed from
+   (written before ``data`` became ``json``) is hashed again in Python before it is
+   reported.
 4. **The read models** of the book, when their checkpoints are at the WAL's last
    position: every account's balances, every entry, every transfer and the trial
    balance. Entries are compared as one sha256 per account over all its rows in position
@@ -47,7 +51,9 @@ record. The stored rows are read with ``COPY ... TO STDOUT`` through
 :func:`ledger.pgcopy.copy_out`, which gathers a whole COPY without the interpreter lock
 (psycopg hands Python each row as its own message, which cost more than the hashing);
 their sha256 is done here, as OpenSSL's is several times faster than that of a PostgreSQL
-built without it, and PostgreSQL only reads the rows out.
+built without it, and PostgreSQL only reads the rows out. Steps 3 and 4 run on threads
+(and in PostgreSQL) beside the pass, at a lower priority (:data:`_BESIDE_NICE`): the pass
+is one thread, and the audit ends when it does.
 """
 
 from __future__ import annotations
