@@ -58,6 +58,7 @@ is one thread, and the audit ends when it does.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import hashlib
@@ -824,19 +825,76 @@ def _row_canonical(row: tuple[Any, ...]) -> bytes:
     )
 
 
-def _wal_beside(stack: contextlib.ExitStack, paths: Sequence[Path]) -> list[Any] | None:
-    """The native store check's cursor over the WAL's segments (``_replay.store_chunk``):
-    a row that is a byte-for-byte copy of its WAL record is not hashed again, as the WAL
-    pass checks that record's hash. None without segments to map (the rows are hashed)."""
-    segments: list[Any] = []
-    for path in paths:
-        with open(path, "rb") as fh:  # the map holds the file open by itself
-            if os.fstat(fh.fileno()).st_size == 0:
-                break  # the pass reports the empty segment; the rows after it are hashed
-            segments.append(stack.enter_context(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)))
-    if not segments:
-        return None
-    return [segments, 0, HEADER_BYTES, 0, GENESIS_HASH]
+_WAL_MAPPED_MAX: Final = 64
+"""Segments the store check maps at a time; a chunk that needs more has its other rows
+hashed (with the default 64 MB segments a chunk spans one or two)."""
+
+
+class _WalBeside:
+    """The native store check's view of the WAL (``_replay.store_chunk``): a row that is a
+    byte-for-byte copy of its WAL record is not hashed again, as the WAL pass checks that
+    record's hash. For each chunk this maps the segments its positions are in (found by
+    their file names; the cursor checks every record's position itself), at most
+    :data:`_WAL_MAPPED_MAX`, unmaps those behind, and carries the cursor on from the chunk
+    before. Anything it cannot follow only means that rows are hashed."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+        self.firsts = [int(p.name.split(".", 1)[0]) for p in self.paths]
+        self.maps: dict[int, mmap.mmap] = {}
+        self.at: tuple[int, int, int, bytes] | None = None  # segment, offset, position, prev
+        self.window = 0  # the first segment of the last cursor handed out
+        self.cursor: list[Any] | None = None
+
+    def _map(self, index: int) -> mmap.mmap | None:
+        if index not in self.maps:
+            with open(self.paths[index], "rb") as fh:  # the map holds the file open itself
+                if os.fstat(fh.fileno()).st_size < HEADER_BYTES:
+                    return None  # the pass reports the segment; these rows are hashed
+                self.maps[index] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        return self.maps[index]
+
+    def cursor_for(self, lo: int, hi: int) -> list[Any] | None:
+        """The cursor for the chunk of positions ``lo..hi``, after :meth:`moved` has taken
+        in where the last one ended."""
+        start = max(bisect.bisect_right(self.firsts, lo) - 1, 0)
+        if self.at is not None and self.at[0] <= start:
+            start = self.at[0]
+        else:
+            self.at = None
+        last = min(bisect.bisect_right(self.firsts, hi) - 1, start + _WAL_MAPPED_MAX - 1)
+        for index in [i for i in self.maps if i < start]:
+            self.maps.pop(index).close()
+        segments = []
+        for index in range(start, last + 1):
+            buf = self._map(index)
+            if buf is None:
+                break
+            segments.append(buf)
+        if not segments:
+            self.cursor = None
+            return None
+        if self.at is None:  # from the start of the segment, as its header says
+            first, link = struct.unpack_from("<Q32s", segments[0], 24)
+            self.at = (start, HEADER_BYTES, first - 1, link)
+        self.window = start
+        segment, offset, position, prev = self.at
+        self.cursor = [segments, segment - start, offset, position, prev]
+        return self.cursor
+
+    def moved(self) -> None:
+        """Take in where the cursor ended (a lost one is found again at the next chunk)."""
+        if self.cursor is None:
+            return
+        segments, segment, offset, position, prev = self.cursor
+        lost = segment >= len(segments)
+        self.at = None if lost else (self.window + segment, offset, position, prev)
+        self.cursor = None
+
+    def close(self) -> None:
+        for buf in self.maps.values():
+            buf.close()
+        self.maps.clear()
 
 
 _BESIDE_NICE: Final = 5
@@ -875,7 +933,7 @@ def _verify_store(
     their columns put together as they are give them are hashed again here from their
     parsed fields, and only reported if that fails too. With ``wal_paths`` (the WAL's
     segments), the native check compares each row with its WAL record instead of hashing
-    it when the two are the same bytes (:func:`_wal_beside`)."""
+    it when the two are the same bytes (:class:`_WalBeside`)."""
     import psycopg
 
     from ledger.pgconn import dsn
@@ -886,7 +944,9 @@ def _verify_store(
             contextlib.ExitStack() as stack,
             psycopg.connect(dsn(database_url)) as conn,
         ):
-            wal = _wal_beside(stack, wal_paths) if wal_paths and _native_books else None
+            wal = _WalBeside(wal_paths) if wal_paths and _native_books else None
+            if wal is not None:
+                stack.callback(wal.close)
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             row = conn.execute(
                 "SELECT max(position) FROM events WHERE book_id = %s", (book_id,)
@@ -905,10 +965,12 @@ def _verify_store(
                     "last_position": last_position,
                     "last_hash": last_hash,
                     "size": size,
-                    "wal": wal,
+                    "wal": wal.cursor_for(lo, hi) if wal is not None else None,
                 }
                 gap, missing, unchained, unsame, hashes, top = _store_chunk(conn, params)
                 size = params["size"]
+                if wal is not None:
+                    wal.moved()
                 if gap is None and (top or 0) < hi < last:
                     # The chunk's last positions are missing: found at the next row.
                     after = conn.execute(

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ledger import _replay
+from ledger import _replay, audit
 from ledger.adapters.wal import HEADER_BYTES, open_wal, segment_paths
 from ledger.application.records import EventRecord, canonical_bytes
 from projections.workload import SyntheticBook
@@ -303,3 +303,103 @@ def test_a_cursor_that_loses_the_wal_hashes_the_rows_after(tmp_path: Path) -> No
 def test_a_bad_cursor_is_refused(wal: list[Any]) -> None:
     with pytest.raises((TypeError, ValueError), match="store_chunk"):
         _replay.store_chunk(HEADER + TRAILER, 0, GENESIS, wal)
+
+
+# The audit's window over the segments (audit._WalBeside): per chunk it maps the segments
+# the chunk's positions are in, at most _WAL_MAPPED_MAX at a time, and carries the cursor on.
+
+
+def _windowed(
+    records: list[EventRecord], size: int, beside: audit._WalBeside | None, mapped: list[int]
+) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    last, last_hash = 0, GENESIS
+    for i in range(0, len(records), size):
+        chunk = records[i : i + size]
+        wal = beside.cursor_for(i + 1, i + size) if beside is not None else None
+        got = _replay.store_chunk(_copy(chunk) + TRAILER, last, last_hash, wal)
+        if beside is not None:
+            mapped.append(len(beside.maps))
+            beside.moved()
+        out.append(got)
+        assert got[5] is not None
+        last, last_hash = got[5], got[4][-32:]
+    return out
+
+
+def test_the_window_maps_only_what_a_chunk_needs_and_finds_what_hashing_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = _wal(tmp_path, 600)
+    paths = segment_paths(tmp_path)
+    assert len(paths) > 10
+    monkeypatch.setattr(audit, "_WAL_MAPPED_MAX", 3)
+    beside = audit._WalBeside(paths)
+    mapped: list[int] = []
+    try:
+        assert _windowed(records, 40, beside, mapped) == _windowed(records, 40, None, [])
+    finally:
+        beside.close()
+    assert max(mapped) <= 3 and beside.maps == {}
+    # The cursor went the whole way: it ended on the last record.
+    assert beside.at is not None and beside.at[2] == 600
+
+
+@pytest.mark.parametrize("mapped_max", [64, 1])
+def test_a_row_copied_from_its_record_is_not_hashed_in_any_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapped_max: int
+) -> None:
+    """As test_a_row_that_copies_its_wal_record_is_left_to_the_wal_pass, in every chunk:
+    a row and its record edited alike are taken as the record (the WAL pass reports it),
+    so the window reached each chunk's records; with one segment mapped at a time, those
+    past a chunk's first segment are hashed."""
+    records = _wal(tmp_path, 300)
+    edited = []
+    for k in range(5, 300, 25):  # in each segment of 25 records (a chunk spans two)
+        r = records[k]
+        canonical = r.canonical()
+        other = canonical.replace(b'"type":"', b'"type":"X', 1)[: len(canonical)]
+        for path in segment_paths(tmp_path):
+            data = path.read_bytes()
+            if canonical in data:
+                path.write_bytes(data.replace(canonical, other, 1))
+                break
+        edited.append((k, other))
+    rows = [row(x.position, x.prev_hash, x.canonical(), x.hash) for x in records]
+    for k, other in edited:
+        rows[k] = row(records[k].position, records[k].prev_hash, other, records[k].hash)
+    monkeypatch.setattr(audit, "_WAL_MAPPED_MAX", mapped_max)
+    beside = audit._WalBeside(segment_paths(tmp_path))
+    hashed = besides = 0
+    last, last_hash = 0, GENESIS
+    try:
+        for i in range(0, 300, 50):
+            buf = HEADER + b"".join(rows[i : i + 50]) + TRAILER
+            hashed += _replay.store_chunk(buf, last, last_hash)[3]
+            got = _replay.store_chunk(buf, last, last_hash, beside.cursor_for(i + 1, i + 50))
+            beside.moved()
+            besides += got[3]
+            assert got[5] is not None
+            last, last_hash = got[5], got[4][-32:]
+    finally:
+        beside.close()
+    assert hashed == len(edited)
+    if mapped_max == 1:
+        assert 0 < besides < hashed
+    else:
+        assert besides == 0
+
+
+def test_a_window_over_an_empty_segment_hashes_the_rows(tmp_path: Path) -> None:
+    records = _wal(tmp_path, 100)
+    (tmp_path / "99999999999999999999.wal").write_bytes(b"")  # past every position
+    paths = segment_paths(tmp_path)
+    beside = audit._WalBeside([paths[-1]])  # only the empty one
+    try:
+        assert beside.cursor_for(1, 100) is None
+        beside.moved()
+        assert _windowed(records, 100, None, []) == [
+            _replay.store_chunk(_copy(records) + TRAILER, 0, GENESIS, None)
+        ]
+    finally:
+        beside.close()

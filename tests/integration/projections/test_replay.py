@@ -33,7 +33,7 @@ def store_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     else:
         monkeypatch.setattr(audit, "_store_chunk", audit._store_chunk_native)
     if request.param == "native":
-        monkeypatch.setattr(audit, "_wal_beside", lambda stack, paths: None)
+        monkeypatch.setattr(audit._WalBeside, "cursor_for", lambda self, lo, hi: None)
     return str(request.param)
 
 
@@ -86,19 +86,22 @@ def test_the_store_check_reads_the_wal_beside_it(
 ) -> None:
     """The audit hands the event store check the WAL's segments, so that the rows that
     copy their records are not hashed a second time (tests/unit/test_store_chunk.py)."""
-    url, wal_dir, _ = audited
-    seen: list[list[Path]] = []
-    beside = audit._wal_beside
+    url, wal_dir, book = audited
+    seen: list[tuple[int, int, bool]] = []
+    cursor_for = audit._WalBeside.cursor_for
 
-    def spy(stack: Any, paths: Any) -> Any:
-        seen.append(list(paths))
-        cursor = beside(stack, paths)
-        assert cursor is not None
+    def spy(self: Any, lo: int, hi: int) -> Any:
+        assert self.paths == segment_paths(wal_dir)
+        cursor = cursor_for(self, lo, hi)
+        seen.append((lo, hi, cursor is not None))
         return cursor
 
-    monkeypatch.setattr(audit, "_wal_beside", spy)
+    monkeypatch.setattr(audit._WalBeside, "cursor_for", spy)
     replay_wal(wal_dir, url, BOOK)
-    assert seen == [segment_paths(wal_dir)]
+    chunks = -(-book.position // audit.CHUNK_POSITIONS)
+    assert [(lo, cursor) for lo, _, cursor in seen] == [
+        (i * audit.CHUNK_POSITIONS + 1, True) for i in range(chunks)
+    ]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
