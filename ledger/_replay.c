@@ -1809,13 +1809,13 @@ static int wal_put(PyObject *wal, WalCursor *w, int store) {
             PyLong_FromLongLong(w->position),
             PyBytes_FromStringAndSize((const char *)w->prev, HASH_BYTES),
         };
+        rc = items[0] && items[1] && items[2] && items[3] ? 0 : -1;
         for (int i = 0; i < 4; i++) {
-            if (items[i] == NULL || rc < 0) {
+            if (rc < 0) {
                 Py_XDECREF(items[i]);
-                rc = -1;
-                continue;
+            } else {
+                PyList_SetItem(wal, i + 1, items[i]); /* steals it */
             }
-            PyList_SetItem(wal, i + 1, items[i]); /* steals it */
         }
     }
     for (Py_ssize_t i = 0; i < w->nseg; i++) {

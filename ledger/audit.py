@@ -875,7 +875,7 @@ class _WalBeside:
             self.cursor = None
             return None
         if self.at is None:  # from the start of the segment, as its header says
-            first, link = struct.unpack_from("<Q32s", segments[0], 24)
+            *_, first, link = _HEADER_BODY.unpack_from(segments[0], 0)
             self.at = (start, HEADER_BYTES, first - 1, link)
         self.window = start
         segment, offset, position, prev = self.at
