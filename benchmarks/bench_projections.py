@@ -166,6 +166,60 @@ async def drive_node(
         await node.close()
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _cpu_snapshot(children: dict[str, int]) -> dict[str, float] | None:
+    """CPU seconds so far: the whole machine (busy, from /proc/stat), this process (the
+    node and the load), each child, and every PostgreSQL process; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            head = f.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in head[1:8])
+    out = {"machine": (user + nice + system + irq + softirq) / _TICK}
+    out["node"] = _proc_cpu(os.getpid())
+    for name, pid in children.items():
+        out[name] = _proc_cpu(pid)
+    postgres = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            if comm == "postgres":
+                postgres += _proc_cpu(int(entry))
+    out["postgres"] = postgres
+    return out
+
+
+def cpu_per_transfer(
+    before: dict[str, float] | None, after: dict[str, float] | None, transfers: int
+) -> dict[str, float]:
+    """Microseconds of CPU per transfer, by part, between two snapshots (``other`` is the
+    rest of the machine: the broker, the kernel's own threads, PostgreSQL backends that
+    ended in between); empty without snapshots or transfers."""
+    if before is None or after is None or transfers <= 0:
+        return {}
+    spent = {k: max(0.0, after[k] - before.get(k, 0.0)) for k in after}
+    known = sum(v for k, v in spent.items() if k != "machine")
+    spent["other"] = max(0.0, spent["machine"] - known)
+    return {k: v / transfers * 1e6 for k, v in spent.items()}
+
+
 def bench_lag(db: str, bootstrap: str, tmp: Path, rate: int, seconds: float) -> dict[str, float]:
     env = {
         **os.environ,
@@ -204,12 +258,17 @@ def bench_lag(db: str, bootstrap: str, tmp: Path, rate: int, seconds: float) -> 
     poller.start()
     try:
         time.sleep(3)  # workers join their group
+        pids = {"relay": children[0].pid, "workers": children[1].pid}
+        cpu_before = _cpu_snapshot(pids)
         achieved, head = asyncio.run(drive_node(db, tmp, rate, seconds, commits))
         done_at = time.monotonic()
         deadline = done_at + 120
         while time.monotonic() < deadline and (not samples or samples[-1][1] < head):
             time.sleep(0.05)
         drained_s = time.monotonic() - done_at
+        # Every transfer's whole way, from its command to the read models (the load and
+        # the catch-up after it), over the transfers the node committed.
+        cpu = cpu_per_transfer(cpu_before, _cpu_snapshot(pids), head - 1000)
     finally:
         stop.set()
         poller.join()
@@ -240,6 +299,7 @@ def bench_lag(db: str, bootstrap: str, tmp: Path, rate: int, seconds: float) -> 
         "p99_s": lags[int(len(lags) * 0.99)] if lags else float("nan"),
         "max_s": lags[-1] if lags else float("nan"),
         "drain_s": drained_s,
+        **{f"cpu_{k}_us": v for k, v in cpu.items()},
     }
 
 
@@ -319,6 +379,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "after the load",
                     flush=True,
                 )
+                if "cpu_machine_us" in lag:
+                    parts = ", ".join(
+                        f"{name} {lag[f'cpu_{name}_us']:.0f}"
+                        for name in ("node", "postgres", "relay", "workers", "other")
+                    )
+                    need = lag["cpu_machine_us"] * args.rate / 1e6
+                    print(
+                        f"CPU per transfer, command to read models: "
+                        f"{lag['cpu_machine_us']:.0f} us ({parts}); at {args.rate:,}/s "
+                        f"that is {need:.1f} cores' worth, on a machine of "
+                        f"{os.cpu_count()}",
+                        flush=True,
+                    )
     finally:
         kafka.close()
         pg.close()
