@@ -81,12 +81,68 @@ def settle(db: str) -> None:
         conn.execute("CHECKPOINT")
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _cpu_snapshot(children: dict[str, int]) -> dict[str, float] | None:
+    """CPU seconds so far: the whole machine (busy, from /proc/stat), this process (the
+    node and the load), each child, and every PostgreSQL process; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            head = f.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in head[1:8])
+    out = {"machine": (user + nice + system + irq + softirq) / _TICK}
+    out["node"] = _proc_cpu(os.getpid())
+    for name, pid in children.items():
+        out[name] = _proc_cpu(pid)
+    postgres = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            if comm == "postgres":
+                postgres += _proc_cpu(int(entry))
+    out["postgres"] = postgres
+    return out
+
+
+def cpu_per_transfer(
+    before: dict[str, float] | None, after: dict[str, float] | None, transfers: int
+) -> dict[str, float]:
+    """Microseconds of CPU per transfer, by part, between two snapshots (``other`` is the
+    rest of the machine: the broker, the kernel's own threads, PostgreSQL backends that
+    ended in between); empty without snapshots or transfers."""
+    if before is None or after is None or transfers <= 0:
+        return {}
+    spent = {k: max(0.0, after[k] - before.get(k, 0.0)) for k in after}
+    known = sum(v for k, v in spent.items() if k != "machine")
+    spent["other"] = max(0.0, spent["machine"] - known)
+    return {k: v / transfers * 1e6 for k, v in spent.items()}
+
+
 def bench_replay(
     db: str, wal_dir: Path, book_id: str, runs: int
-) -> tuple[float, float, float, int, float]:
+) -> tuple[float, float, float, int, float, dict[str, float]]:
     """(WAL alone events/s, WAL pass with the store check beside it events/s, whole audit
-    events/s, events, the ``ledger wal replay`` command's events/s), medians."""
+    events/s, events, the ``ledger wal replay`` command's events/s, the CPU seconds of one
+    whole audit: the machine's and this process's), medians."""
     alone, wal_rates, audit_rates, events, command = [], [], [], 0, []
+    cpu: list[dict[str, float]] = []
     argv = [sys.executable, "-m", "ledger.cli", "wal", "replay", str(wal_dir)]
     argv += ["--database-url", db, "--book", book_id, "--no-progress"]
     replay_wal(wal_dir, db, book_id)  # not timed: the first read of the rows after the load
@@ -96,9 +152,13 @@ def bench_replay(
         command.append(time.perf_counter() - started)
         report = replay_wal(wal_dir, None, book_id)
         alone.append(report.events / report.replay_s)
+        cpu_before = _cpu_snapshot({})
         started = time.perf_counter()  # the whole call, freeing the pass's state too
         report = replay_wal(wal_dir, db, book_id)
         elapsed = time.perf_counter() - started
+        cpu_after = _cpu_snapshot({})
+        if cpu_before is not None and cpu_after is not None:
+            cpu.append({k: cpu_after[k] - cpu_before[k] for k in cpu_after})
         events = report.events
         wal_rates.append(report.events / report.replay_s)
         audit_rates.append(report.events / elapsed)
@@ -108,6 +168,7 @@ def bench_replay(
         statistics.median(audit_rates),
         events,
         events / statistics.median(command),
+        {k: statistics.median(c[k] for c in cpu) for k in cpu[0]} if cpu else {},
     )
 
 
@@ -164,60 +225,6 @@ async def drive_node(
         return accepted[0] / elapsed, node.position
     finally:
         await node.close()
-
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used; 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _cpu_snapshot(children: dict[str, int]) -> dict[str, float] | None:
-    """CPU seconds so far: the whole machine (busy, from /proc/stat), this process (the
-    node and the load), each child, and every PostgreSQL process; None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            head = f.readline().split()
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in head[1:8])
-    out = {"machine": (user + nice + system + irq + softirq) / _TICK}
-    out["node"] = _proc_cpu(os.getpid())
-    for name, pid in children.items():
-        out[name] = _proc_cpu(pid)
-    postgres = 0.0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as f:
-                    comm = f.read().strip()
-            except OSError:
-                continue
-            if comm == "postgres":
-                postgres += _proc_cpu(int(entry))
-    out["postgres"] = postgres
-    return out
-
-
-def cpu_per_transfer(
-    before: dict[str, float] | None, after: dict[str, float] | None, transfers: int
-) -> dict[str, float]:
-    """Microseconds of CPU per transfer, by part, between two snapshots (``other`` is the
-    rest of the machine: the broker, the kernel's own threads, PostgreSQL backends that
-    ended in between); empty without snapshots or transfers."""
-    if before is None or after is None or transfers <= 0:
-        return {}
-    spent = {k: max(0.0, after[k] - before.get(k, 0.0)) for k in after}
-    known = sum(v for k, v in spent.items() if k != "machine")
-    spent["other"] = max(0.0, spent["machine"] - known)
-    return {k: v / transfers * 1e6 for k, v in spent.items()}
 
 
 def bench_lag(db: str, bootstrap: str, tmp: Path, rate: int, seconds: float) -> dict[str, float]:
@@ -350,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not rates:  # the audit compares the read models: build them once
                     bench_apply(db, "synthetic", 1)
                 settle(db)
-                alone, wal_rate, audit_rate, replayed, command = bench_replay(
+                alone, wal_rate, audit_rate, replayed, command, cpu = bench_replay(
                     db, wal_dir, "synthetic", runs
                 )
                 print(
@@ -361,6 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{command:,.0f} events/s",
                     flush=True,
                 )
+                if cpu:
+                    cores = os.cpu_count() or 1
+                    print(
+                        f"CPU per whole audit: {cpu['machine']:.2f} s on the machine (this "
+                        f"process {cpu['node']:.2f} s, the rest {cpu['machine'] - cpu['node']:.2f}"
+                        " s: mostly the audit's PostgreSQL backends, which end with it); "
+                        f"{cores} cores kept busy by it would give at most "
+                        f"{replayed / (cpu['machine'] / cores):,.0f} events/s",
+                        flush=True,
+                    )
             if "lag" in phases:
                 lag_runs = []
                 for run in range(runs):
