@@ -172,6 +172,9 @@ def bench_replay(
     )
 
 
+LAG_ACCOUNTS = 1000  # opened by the lag run before its transfers (one event each)
+
+
 async def drive_node(
     db: str, wal_dir: Path, rate: int, seconds: float, commits: list[tuple[float, int]]
 ) -> tuple[float, int]:
@@ -181,7 +184,7 @@ async def drive_node(
         Recorder(wal, PostgresEventStore(db, "bench"), retry_max_ms=1000), NodeConfig()
     )
     try:
-        accounts = [uuid.uuid4() for _ in range(1000)]
+        accounts = [uuid.uuid4() for _ in range(LAG_ACCOUNTS)]
         await node.submit([domain.OpenAccount(id=a, ledger="EUR", code=1) for a in accounts])
         commits.append((time.monotonic(), node.position))
         rng = random.Random(1)
@@ -274,8 +277,9 @@ def bench_lag(db: str, bootstrap: str, tmp: Path, rate: int, seconds: float) -> 
             time.sleep(0.05)
         drained_s = time.monotonic() - done_at
         # Every transfer's whole way, from its command to the read models (the load and
-        # the catch-up after it), over the transfers the node committed.
-        cpu = cpu_per_transfer(cpu_before, _cpu_snapshot(pids), head - 1000)
+        # the catch-up after it), over the transfers the node committed (its head less
+        # the accounts' events).
+        cpu = cpu_per_transfer(cpu_before, _cpu_snapshot(pids), head - LAG_ACCOUNTS)
     finally:
         stop.set()
         poller.join()
